@@ -1,0 +1,140 @@
+"""The source catalogue: one YAML file naming every training source (layer 1, "raw").
+
+A file source is anything DuckDB can read (local file or glob, https://, hf://datasets/…, s3://) in parquet,
+jsonl or csv, plus a column mapping. A FlagEmbedding-style jsonl (`{query, pos: [..], neg: [..]}`) needs no
+mapping. The `python-docs` kind harvests docstrings of an installed package (docs/DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kalm_core.identifiers import check_identifier
+
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "sources.yaml"
+TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking")
+
+
+class CatalogError(ValueError):
+    """The catalogue file cannot be used; the message names the file and the key."""
+
+
+class Columns(BaseModel):
+    """Where the normalised columns come from. Defaults read FlagEmbedding jsonl as is."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str = "query"
+    positive: str = "pos"
+    negatives: str | list[str] | None = "neg"
+    id: str | None = None
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["file", "python-docs"] = "file"
+    uri: str | None = None
+    format: Literal["auto", "parquet", "jsonl", "json", "csv"] = "auto"
+    columns: Columns = Field(default_factory=Columns)
+    packages: list[str] = Field(default_factory=list)
+    task_type: str = "retrieval"
+    instruction: str = "Given a query, retrieve documents that answer the query"
+    language: str = "en"
+    max_rows: int | None = Field(default=None, gt=0)
+    held_out: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _plain_identifier(cls, v: str) -> str:
+        return check_identifier(v, "source name")
+
+    @field_validator("task_type")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASK_TYPES:
+            raise ValueError(f"task_type {v!r} is not one of {', '.join(TASK_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Source":
+        if self.kind == "file" and not self.uri:
+            raise ValueError("a file source needs a 'uri'")
+        if self.kind == "python-docs" and not self.packages:
+            raise ValueError("a python-docs source needs 'packages'")
+        return self
+
+    def resolved_format(self) -> str:
+        """The reader to use: given, or inferred from the URI's extension."""
+        if self.format != "auto":
+            return self.format
+        u = (self.uri or "").lower().split("?")[0]
+        for ext, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                         (".csv", "csv"), (".tsv", "csv"), (".jsonl.gz", "jsonl"), (".csv.gz", "csv")):
+            if u.endswith(ext):
+                return fmt
+        raise CatalogError(f"source {self.name!r}: cannot infer the format of {self.uri!r}; set 'format'")
+
+    def resolved_uri(self, base_dir: Path) -> str:
+        """A relative local path is taken relative to the catalogue file."""
+        u = self.uri or ""
+        if "://" in u or os.path.isabs(u):
+            return u
+        return str((base_dir / u).resolve())
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: list[Source]
+    path: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Catalog":
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.name in seen:
+                raise ValueError(f"source name {s.name!r} appears twice")
+            seen.add(s.name)
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def get(self, name: str) -> Source:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"no source named {name!r} in {self.path}")
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """Read and validate the catalogue: `path`, else $KALM_CATALOG, else catalog/sources.yaml."""
+    p = Path(path or os.environ.get("KALM_CATALOG") or DEFAULT_CATALOG).resolve()
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogError(f"catalogue file {p} does not exist") from None
+    except yaml.YAMLError as e:
+        raise CatalogError(f"catalogue file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalogue file {p} must hold a mapping with a 'sources' list")
+    try:
+        return Catalog.model_validate({**data, "path": p})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = err["loc"]
+            where = ".".join(str(x) for x in loc)
+            if loc[:1] == ("sources",) and len(loc) > 1 and isinstance(loc[1], int):
+                raw = data.get("sources") or []
+                name = raw[loc[1]].get("name") if loc[1] < len(raw) and isinstance(raw[loc[1]], dict) else None
+                where = f"source {name!r}: " + ".".join(str(x) for x in loc[2:]) if name else where
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{where}: {msg}")
+        raise CatalogError(f"catalogue file {p}: " + "; ".join(problems)) from None

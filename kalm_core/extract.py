@@ -1,0 +1,288 @@
+"""raw/<source>: read one catalogue source with DuckDB and normalise it to the pair schema (layer 1).
+
+Every record of the file becomes at least one raw row (one per positive): a malformed line or a row DuckDB cannot
+decode is kept with `load_error` and its original text, so staging can quarantine it and nothing is lost.
+
+Output columns: source, row_number (1-based record number in the file), positive_index, record_id, query,
+positive, negatives (VARCHAR[]), load_error, raw_record, content_hash, loaded_at.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from kalm_core.catalog import Source
+from kalm_core.identifiers import table
+
+# Fallback names for an unmapped file, FlagEmbedding's first.
+_DEFAULT_NAMES = {"query": ["query"], "positive": ["pos", "positive"], "negatives": ["neg", "negatives"]}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be read; the message names the source and its URI."""
+
+
+@dataclass(frozen=True)
+class RawStats:
+    records: int  # records read from the file
+    rows: int  # raw rows written (one per positive)
+    malformed: int  # records kept with a load_error
+
+
+def _qcol(name: str) -> str:
+    """Quote a column name that comes from a file header (any text; embedded quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri
+
+
+def _resolve_columns(src: Source, available: list[str], uri: str) -> dict[str, str | list[str] | None]:
+    """Pick each mapped column, or fail listing the expected and the available columns."""
+    given = src.columns.model_fields_set
+    chosen: dict[str, str | list[str] | None] = {}
+    missing: list[str] = []
+    for field in ("query", "positive", "negatives", "id"):
+        want = getattr(src.columns, field)
+        if field in given or field == "id":
+            if want is None:
+                chosen[field] = None
+                continue
+            names = [want] if isinstance(want, str) else list(want)
+            missing += [n for n in names if n not in available]
+            chosen[field] = want
+        else:
+            found = next((n for n in _DEFAULT_NAMES[field] if n in available), None)
+            if found is None and field != "negatives":
+                missing.append(" or ".join(_DEFAULT_NAMES[field]))
+            chosen[field] = found
+    if missing:
+        raise SourceError(
+            f"source {src.name!r} ({uri}): missing mapped column(s) {missing}; "
+            f"expected query/positive/negatives from {src.columns.model_dump()}, available columns: {available}"
+        )
+    return chosen
+
+
+def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
+    """Read the file into temp table _kalm_src; returns (reader kind, available columns, describe types)."""
+    fmt = src.resolved_format()
+    if _is_local(uri) and not glob.glob(uri):
+        raise SourceError(f"source {src.name!r}: no file matches {uri}")
+    con.execute("drop table if exists _kalm_rejects; drop table if exists _kalm_scans")
+    try:
+        if fmt == "jsonl":
+            # One VARCHAR per line; DuckDB parks undecodable lines in reject_errors instead of failing.
+            con.execute(
+                "create or replace temp table _kalm_lines as select line from read_csv($u, columns={'line': "
+                "'VARCHAR'}, header=false, delim=chr(31), quote='', escape='', auto_detect=false, "
+                "store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
+                {"u": uri},
+            )
+            keys = con.execute(
+                "with objects as (select line from _kalm_lines where json_valid(line) "
+                "and starts_with(ltrim(line), '{')) select distinct unnest(json_keys(line)) from objects"
+            ).fetchall()
+            return "jsonl", sorted(k for (k,) in keys), {}
+        reader = {
+            "parquet": "read_parquet($u)",
+            "json": "read_json_auto($u)",
+            "csv": "read_csv($u, store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
+        }[fmt]
+        con.execute(f"create or replace temp table _kalm_src as select * from {reader}", {"u": uri})
+        types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
+        return fmt, list(types), types
+    except duckdb.Error as e:
+        raise SourceError(f"source {src.name!r} could not be read from {uri}: {e}") from None
+
+
+def _rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
+    """(record ordinal, original text, reason) of every line DuckDB's reader rejected."""
+    exists = con.execute("select count(*) from duckdb_tables() where table_name = '_kalm_rejects'").fetchall()[0][0]
+    if not exists:
+        return []
+    header = 1 if kind == "csv" else 0  # reject line numbers count the CSV header line
+    return con.execute(
+        f"select line - {header}, any_value(coalesce(csv_line, '')), "
+        "string_agg(distinct error_type::varchar || ': ' || error_message, '; ') from _kalm_rejects group by line"
+    ).fetchall()
+
+
+def _json_list(path_param: str) -> str:
+    """SQL for a JSON member that is a list or a scalar -> VARCHAR[] (null/missing -> [])."""
+    return (
+        f"case json_type(line, {path_param}) when 'ARRAY' then from_json(json_extract(line, {path_param}), "
+        f"'[\"VARCHAR\"]') when 'NULL' then [] when null then [] else [json_extract_string(line, {path_param})] end"
+    )
+
+
+def _normalise_jsonl(con, cols: dict) -> None:
+    params = {}
+    exprs = {}
+    for field in ("query", "positive", "id"):
+        if cols.get(field):
+            params[field] = '$."' + cols[field].replace('"', '\\"') + '"'
+            exprs[field] = f"json_extract_string(line, ${field})"
+        else:
+            exprs[field] = "null"
+    exprs["positive"] = _json_list("$positive")
+    neg = cols.get("negatives")
+    names = [neg] if isinstance(neg, str) else list(neg or [])
+    parts = []
+    for i, name in enumerate(names):
+        params[f"n{i}"] = '$."' + name.replace('"', '\\"') + '"'
+        parts.append(_json_list(f"$n{i}"))
+    exprs["negatives"] = "list_concat(" + ", ".join(parts) + ")" if len(parts) > 1 else (parts[0] if parts else "[]")
+    # Valid objects are set apart first: DuckDB's CASE does not shield JSON functions from a malformed line.
+    con.execute(
+        "create or replace temp table _kalm_good as select rowid + 1 as ordinal, line from _kalm_lines "
+        "where json_valid(line) and starts_with(ltrim(line), '{')"
+    )
+    con.execute(
+        f"""create or replace temp table _kalm_norm as
+        select ordinal,
+               {exprs['query']} as query,
+               {exprs['positive']} as positives,
+               list_filter({exprs['negatives']}, lambda x: x is not null) as negatives,
+               {exprs['id']} as record_id,
+               cast(null as varchar) as load_error,
+               cast(null as varchar) as raw_record
+        from _kalm_good
+        union all
+        select rowid + 1, null, cast([] as varchar[]), cast([] as varchar[]), null, 'malformed json', line
+        from _kalm_lines
+        where rowid + 1 not in (select ordinal from _kalm_good)""",
+        params,
+    )
+
+
+def _normalise_table(con, cols: dict, types: dict) -> None:
+    def as_list(name: str) -> str:
+        return f"cast({_qcol(name)} as varchar[])" if types[name].endswith("[]") else f"[cast({_qcol(name)} as varchar)]"
+
+    neg = cols.get("negatives")
+    names = [neg] if isinstance(neg, str) else list(neg or [])
+    negatives = "list_concat(" + ", ".join(as_list(n) for n in names) + ")" if len(names) > 1 else (
+        as_list(names[0]) if names else "cast([] as varchar[])")
+    rid = f"cast({_qcol(cols['id'])} as varchar)" if cols.get("id") else "null"
+    con.execute(
+        f"""create or replace temp table _kalm_norm as
+        select rowid + 1 as ordinal,
+               cast({_qcol(cols['query'])} as varchar) as query,
+               {as_list(cols['positive'])} as positives,
+               list_filter({negatives}, lambda x: x is not null) as negatives,
+               {rid} as record_id,
+               cast(null as varchar) as load_error,
+               cast(null as varchar) as raw_record
+        from _kalm_src"""
+    )
+
+
+def _add_rejected_lines(con, rejected: list[tuple[int, str, str]]) -> None:
+    """Undecodable lines join the records with their true line number; the others keep file order around them."""
+    if not rejected:
+        return
+    bad = sorted({int(r[0]) for r in rejected})
+    frame = pl.DataFrame(
+        {"line": [int(r[0]) for r in rejected], "raw_record": [r[1] for r in rejected],
+         "load_error": [r[2] for r in rejected]},
+        schema={"line": pl.Int64, "raw_record": pl.Utf8, "load_error": pl.Utf8},
+    )
+    con.register("_kalm_bad", frame.to_arrow())
+    n_total = con.execute("select count(*) from _kalm_norm").fetchall()[0][0] + len(bad)
+    con.execute(
+        f"""create or replace temp table _kalm_norm as
+        with all_lines as (select range + 1 as line from range({int(n_total)})),
+        good_lines as (
+            select line, row_number() over (order by line) as ordinal
+            from all_lines where line not in (select line from _kalm_bad)
+        )
+        select g.line as ordinal, n.query, n.positives, n.negatives, n.record_id, n.load_error, n.raw_record
+        from _kalm_norm as n join good_lines as g on g.ordinal = n.ordinal
+        union all
+        select line, null, cast([] as varchar[]), cast([] as varchar[]), null, load_error, raw_record from _kalm_bad"""
+    )
+    con.unregister("_kalm_bad")
+
+
+def _finish(con, src: Source) -> RawStats:
+    """_kalm_norm (one row per record) -> raw.<source> (one row per positive) with lineage columns."""
+    limit = f"where ordinal <= {int(src.max_rows)}" if src.max_rows else ""
+    con.execute(
+        f"""create or replace table {table('raw', src.name)} as
+        with records as (select * from _kalm_norm {limit}),
+        exploded as (
+            select ordinal, record_id, query, negatives, load_error, raw_record,
+                   unnest(case when len(positives) = 0 then [null] else positives end) as positive,
+                   generate_subscripts(case when len(positives) = 0 then [null] else positives end, 1)
+                       as positive_index
+            from records
+        )
+        select $source as source,
+               ordinal as row_number,
+               positive_index,
+               record_id,
+               query,
+               positive,
+               negatives,
+               load_error,
+               raw_record,
+               md5(concat_ws(chr(31), query, positive, array_to_string(negatives, chr(31)), raw_record))
+                   as content_hash,
+               current_localtimestamp() as loaded_at
+        from exploded
+        order by ordinal, positive_index""",
+        {"source": src.name},
+    )
+    rows, records, malformed = con.execute(
+        f"select count(*), count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
+        f"from {table('raw', src.name)}"
+    ).fetchall()[0]
+    return RawStats(records=records, rows=rows, malformed=malformed)
+
+
+def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
+    """Read a `file` source into raw.<name>."""
+    uri = src.resolved_uri(base_dir)
+    kind, available, types = _stage_file(con, src, uri)
+    cols = _resolve_columns(src, available, uri)
+    rejected = _rejected_lines(con, kind)
+    if kind == "jsonl":
+        _normalise_jsonl(con, cols)
+    else:
+        _normalise_table(con, cols, types)
+    _add_rejected_lines(con, rejected)
+    return _finish(con, src)
+
+
+def load_frame_source(con, src: Source, frame: pl.DataFrame) -> RawStats:
+    """Write an extracted frame (ordinal, query, positives, negatives, record_id) into raw.<name>."""
+    frame = frame.with_columns(
+        pl.lit(None, pl.Utf8).alias("load_error"), pl.lit(None, pl.Utf8).alias("raw_record")
+    ).select("ordinal", "query", "positives", "negatives", "record_id", "load_error", "raw_record")
+    con.register("_kalm_frame", frame.to_arrow())
+    con.execute("create or replace temp table _kalm_norm as select * from _kalm_frame")
+    con.unregister("_kalm_frame")
+    return _finish(con, src)
+
+
+def file_fingerprint(src: Source, base_dir: Path) -> str:
+    """The data version of a file source: a hash of every matched local file's name and bytes.
+
+    A remote URI is versioned by the URI itself (its change cannot be seen offline)."""
+    import hashlib
+
+    uri = src.resolved_uri(base_dir)
+    if not _is_local(uri):
+        return hashlib.sha256(uri.encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in sorted(glob.glob(uri)):
+        h.update(f.encode())
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,102 @@
+"""The SQL-file loader: each `sql/<layer>/<name>.sql` is one model of table layer.name (dbt's idea, ~100 lines).
+
+A model declares its inputs in the file with `{{ ref('layer.name') }}`; `{{ ref('layer.*') }}` is every table
+the pipeline builds in that layer, unioned by name. A header of `-- key: value` lines documents the grain, key and
+invariants; `-- materialization: per_source` marks a template run once per source instead (staging).
+The code version is a hash of the SQL text, so an edited model shows as stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kalm_core.identifiers import LAYERS, check_identifier, table
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*\)\s*\}\}")
+_HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class SqlModel:
+    layer: str
+    name: str
+    path: Path
+    text: str
+    header: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def code_version(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+
+    @property
+    def refs(self) -> list[tuple[str, str]]:
+        """(layer, name or '*') of every `ref()` in the file, in order, without repeats."""
+        return list(dict.fromkeys(_REF.findall(self.text)))
+
+    @property
+    def description(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.header.items())
+
+    def dependencies(self, built: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """Resolve refs against the tables the pipeline builds (`{layer: [names]}`); wildcards expand."""
+        deps: list[tuple[str, str]] = []
+        for layer, name in self.refs:
+            if layer not in LAYERS:
+                raise ValueError(f"{self.path}: ref to unknown layer {layer!r}")
+            if name == "*":
+                names = built.get(layer, [])
+                if not names:
+                    raise ValueError(f"{self.path}: ref('{layer}.*') matches no table")
+                deps += [(layer, n) for n in names]
+            else:
+                deps.append((layer, check_identifier(name, "table name")))
+        return list(dict.fromkeys(deps))
+
+    def render(self, built: dict[str, list[str]]) -> str:
+        """The SQL with every ref replaced by its quoted table, or a union of the layer's tables."""
+
+        def sub(m: re.Match) -> str:
+            layer, name = m.group(1), m.group(2)
+            if name != "*":
+                return table(layer, name)
+            parts = [f"select * from {table(layer, n)}" for n in built.get(layer, [])]
+            if not parts:
+                raise ValueError(f"{self.path}: ref('{layer}.*') matches no table")
+            return "(" + " union all by name ".join(parts) + ")"
+
+        return _REF.sub(sub, self.text)
+
+
+def parse_header(text: str) -> dict[str, str]:
+    header: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        if m := _HEADER.match(line):
+            header[m.group(1)] = m.group(2).strip()
+    return header
+
+
+def discover(sql_dir: Path = SQL_DIR, include_templates: bool = False) -> list[SqlModel]:
+    """Every `<layer>/<name>.sql` under sql_dir, sorted; per-source templates only when asked."""
+    models = []
+    for path in sorted(sql_dir.glob("*/*.sql")):
+        layer, name = path.parent.name, path.stem
+        if layer not in LAYERS:
+            raise ValueError(f"{path}: folder {layer!r} is not a layer ({', '.join(LAYERS)})")
+        text = path.read_text(encoding="utf-8")
+        header = parse_header(text)
+        if header.get("materialization") == "per_source" and not include_templates:
+            continue
+        models.append(SqlModel(layer, check_identifier(name, "model name"), path, text, header))
+    return models
+
+
+def run_model(con, model: SqlModel, built: dict[str, list[str]]) -> int:
+    """Materialise the model as table layer.name; returns its row count."""
+    con.execute(f"create or replace table {table(model.layer, model.name)} as {model.render(built)}")
+    return con.execute(f"select count(*) from {table(model.layer, model.name)}").fetchall()[0][0]

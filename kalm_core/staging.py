@@ -1,0 +1,87 @@
+"""staged/<source>: run the per-source staging SQL (sql/staged/stg_source.sql) over raw.<source> (layer 1).
+
+The SQL gives every raw row a disposition. Kept rows become staged.<source>; rejected rows and duplicates go
+to the shared quarantine table staged.rejects with their reason, so rows in = kept + rejected + duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kalm_core.catalog import Source
+from kalm_core.identifiers import table
+
+STAGING_SQL = Path(__file__).resolve().parent.parent / "sql" / "staged" / "stg_source.sql"
+MAX_QUERY_CHARS = 2_000
+MAX_PASSAGE_CHARS = 8_000
+
+KEPT_COLUMNS = ("pair_id, source, row_number, positive_index, record_id, query, positive, negatives, "
+                "task_type, instruction, language, is_held_out, content_hash")
+REJECTS_DDL = f"""create table if not exists {table('staged', 'rejects')} (
+    source varchar, row_number bigint, positive_index bigint, record_id varchar, status varchar,
+    reason varchar, duplicate_of varchar, query varchar, positive varchar, negatives varchar[],
+    raw_record varchar, content_hash varchar, rejected_at timestamp)"""
+
+
+@dataclass(frozen=True)
+class StageStats:
+    rows_in: int
+    kept: int
+    rejected: int
+    duplicates: int
+    reasons: dict[str, int]
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.kept + self.rejected + self.duplicates
+
+
+def stage_source(con, src: Source, sql_text: str | None = None,
+                 max_query_chars: int = MAX_QUERY_CHARS, max_passage_chars: int = MAX_PASSAGE_CHARS) -> StageStats:
+    """raw.<src> -> staged.<src> (kept rows) + its rows of staged.rejects; returns the row accounting."""
+    sql_text = sql_text if sql_text is not None else STAGING_SQL.read_text(encoding="utf-8")
+    params = {
+        "task_type": src.task_type, "instruction": src.instruction, "language": src.language,
+        "is_held_out": src.held_out, "max_query_chars": max_query_chars, "max_passage_chars": max_passage_chars,
+    }
+    con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
+    con.execute(f"create or replace temp table _kalm_staged as {sql_text}", params)
+    con.execute("begin transaction")
+    try:
+        con.execute(
+            f"create or replace table {table('staged', src.name)} as select {KEPT_COLUMNS} from _kalm_staged "
+            "where status = 'kept' order by row_number, positive_index"
+        )
+        con.execute(REJECTS_DDL)
+        con.execute(f"delete from {table('staged', 'rejects')} where source = ?", [src.name])
+        con.execute(
+            f"""insert into {table('staged', 'rejects')}
+            select source, row_number, positive_index, record_id, status, reason,
+                   case when status = 'duplicate' then pair_id end, query, positive, negatives, raw_record,
+                   content_hash, current_localtimestamp()
+            from _kalm_staged where status <> 'kept'"""
+        )
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    counts = dict(con.execute("select status, count(*) from _kalm_staged group by status").fetchall())
+    reasons = dict(con.execute(
+        "select reason, count(*) from _kalm_staged where status = 'rejected' group by reason order by 2 desc"
+    ).fetchall())
+    rows_in = con.execute(f"select count(*) from {table('raw', src.name)}").fetchall()[0][0]
+    con.execute("drop table _kalm_staged")
+    return StageStats(rows_in=rows_in, kept=counts.get("kept", 0), rejected=counts.get("rejected", 0),
+                      duplicates=counts.get("duplicate", 0), reasons=reasons)
+
+
+def accounting(con, name: str) -> dict[str, int]:
+    """Recount a staged source from the tables themselves (used by the blocking asset check)."""
+    rows_in = con.execute(f"select count(*) from {table('raw', name)}").fetchall()[0][0]
+    kept = con.execute(f"select count(*) from {table('staged', name)}").fetchall()[0][0]
+    by_status = dict(con.execute(
+        f"select status, count(*) from {table('staged', 'rejects')} where source = ? group by status", [name]
+    ).fetchall())
+    return {"rows_in": rows_in, "kept": kept, "rejected": by_status.get("rejected", 0),
+            "duplicates": by_status.get("duplicate", 0)}

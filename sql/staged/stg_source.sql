@@ -1,0 +1,97 @@
+-- materialization: per_source
+-- grain: one row per raw row of one source, with its disposition (kept, rejected or duplicate)
+-- key: (source, row_number, positive_index)
+-- invariants: rows in = kept + rejected + duplicate; pair_id unique among kept rows
+-- input: raw_input (a view over raw.<source>)
+-- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_chars, $max_passage_chars
+
+with source as (
+    select * from raw_input
+),
+
+normalised as (
+    select
+        -- lineage
+        source,
+        row_number,
+        positive_index,
+        record_id,
+        content_hash,
+        load_error,
+        raw_record,
+        -- text: trimmed, unicode NFC
+        nfc_normalize(trim(query)) as query,
+        nfc_normalize(trim(positive)) as positive,
+        list_transform(
+            list_filter(negatives, lambda n: n is not null and trim(n) <> ''),
+            lambda n: nfc_normalize(trim(n))
+        ) as negatives
+    from source
+),
+
+classified as (
+    select
+        *,
+        case
+            when load_error is not null then 'malformed record: ' || load_error
+            when query is null or query = '' then 'empty query'
+            when positive is null or positive = '' then 'empty positive'
+            when query = positive then 'query equals positive'
+            when length(query) > $max_query_chars then 'query over length limit'
+            when length(positive) > $max_passage_chars then 'positive over length limit'
+            when list_contains(negatives, positive) then 'negative equals positive'
+            when list_bool_or(list_transform(negatives, lambda n: length(n) > $max_passage_chars))
+                then 'negative over length limit'
+        end as reject_reason
+    from normalised
+),
+
+deduplicated as (
+    select
+        *,
+        md5(query || chr(31) || positive) as pair_id,
+        row_number() over (partition by query, positive order by row_number, positive_index) as copy_number
+    from classified
+    where reject_reason is null
+),
+
+dispositions as (
+    select
+        pair_id,
+        case when copy_number = 1 then 'kept' else 'duplicate' end as status,
+        case when copy_number > 1 then 'duplicate of an earlier row' end as reason,
+        * exclude (pair_id, reject_reason, copy_number)
+    from deduplicated
+    union all by name
+    select
+        cast(null as varchar) as pair_id,
+        'rejected' as status,
+        reject_reason as reason,
+        * exclude (reject_reason)
+    from classified
+    where reject_reason is not null
+)
+
+select
+    -- keys
+    pair_id,
+    source,
+    row_number,
+    positive_index,
+    record_id,
+    -- disposition
+    status,
+    reason,
+    -- text
+    query,
+    positive,
+    negatives,
+    -- task
+    cast($task_type as varchar) as task_type,
+    cast($instruction as varchar) as instruction,
+    cast($language as varchar) as language,
+    cast($is_held_out as boolean) as is_held_out,
+    -- lineage
+    raw_record,
+    content_hash
+from dispositions
