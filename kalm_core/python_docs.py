@@ -98,7 +98,8 @@ def package_version(package: str) -> str:
 def harvest(packages: list[str]) -> pl.DataFrame:
     """Pairs from the docstrings of `packages`: columns ordinal, query, positives, negatives, record_id.
 
-    Identical docstrings (re-exports, overloads) count once; at most a few summaries share a 4-word prefix."""
+    Identical docstrings (re-exports, overloads) count once; at most a few summaries share a 4-word prefix.
+    Rows come in a stable order spread over the package (hash of the qualified name)."""
     rows: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     prefixes: Counter[str] = Counter()
@@ -115,6 +116,8 @@ def harvest(packages: list[str]) -> pl.DataFrame:
                 seen.add(digest)
                 prefixes[prefix] += 1
                 rows.append((name, *pair))
+    # A stable, well-spread order, so `max_rows` takes a sample of the whole package rather than its first modules.
+    rows.sort(key=lambda r: hashlib.md5(r[0].encode()).hexdigest())
     return pl.DataFrame(
         {
             "ordinal": list(range(1, len(rows) + 1)),

@@ -79,7 +79,7 @@ def count(con, layer: str, name: str) -> int:
 
 def markdown_sample(con, sql: str, n: int = 5, width: int = 60) -> str:
     """A small Markdown table of the first rows of `sql`, texts cut to `width` characters."""
-    frame = con.execute(f"select * from ({sql}) limit {int(n)}").pl()
+    frame = con.sql(f"select * from ({sql}) limit {int(n)}").pl()
     if frame.is_empty():
         return "_(no rows)_"
     cols = frame.columns

@@ -1,0 +1,18 @@
+"""Helpers shared by the asset modules: table metadata."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from kalm_core import warehouse
+from kalm_core.identifiers import table
+
+
+def table_metadata(con, layer: str, name: str, **extra) -> dict:
+    """row_count, a 5-row Markdown sample and the table name, plus any extra scalars."""
+    return {
+        "dagster/row_count": dg.MetadataValue.int(warehouse.count(con, layer, name)),
+        "table": f"{layer}.{name}",
+        "sample": dg.MetadataValue.md(warehouse.markdown_sample(con, f"select * from {table(layer, name)}")),
+        **extra,
+    }

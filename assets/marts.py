@@ -1,0 +1,57 @@
+"""SQL-file models (sql/<layer>/<name>.sql, marts first of all) as assets, with key checks."""
+
+
+import re
+
+import dagster as dg
+
+from assets.common import table_metadata
+from dagster_project.resources import WarehouseResource
+from kalm_core import sql_models
+from kalm_core.identifiers import table
+
+
+def build_sql_asset(model: sql_models.SqlModel, built: dict[str, list[str]]) -> dg.AssetsDefinition:
+    deps = [dg.AssetKey(list(d)) for d in model.dependencies(built)]
+
+    @dg.asset(key=[model.layer, model.name], deps=deps, group_name=model.layer, kinds={"duckdb"},
+              code_version=model.code_version, description=model.description)
+    def _model(warehouse: WarehouseResource) -> dg.MaterializeResult:
+        with warehouse.connect() as con:
+            sql_models.run_model(con, model, built)
+            meta = table_metadata(con, model.layer, model.name, sql=dg.MetadataValue.md(f"```sql\n{model.text}\n```"))
+        return dg.MaterializeResult(metadata=meta)
+
+    return _model
+
+
+def build_key_checks(model: sql_models.SqlModel) -> list[dg.AssetChecksDefinition]:
+    """not-empty and unique-key checks for a model whose header names a single-column `key`."""
+    key_col = model.header.get("key", "")
+    asset_key = dg.AssetKey([model.layer, model.name])
+
+    @dg.asset_check(asset=asset_key, name="not_empty", description="the table has rows")
+    def _not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as con:
+            n = con.execute(f"select count(*) from {table(model.layer, model.name)}").fetchall()[0][0]
+        return dg.AssetCheckResult(passed=n > 0, metadata={"row_count": n, "expected_min": 1})
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_col):
+        return [_not_empty]
+
+    @dg.asset_check(asset=asset_key, name=f"unique_{key_col}", description=f"{key_col} is unique and not null")
+    def _unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as con:
+            n, distinct, nulls = con.execute(
+                f'select count(*), count(distinct "{key_col}"), count(*) - count("{key_col}") '
+                f"from {table(model.layer, model.name)}"
+            ).fetchall()[0]
+        return dg.AssetCheckResult(passed=n == distinct and nulls == 0,
+                                   metadata={"rows": n, "distinct_keys": distinct, "null_keys": nulls})
+
+    return [_not_empty, _unique]
+
+
+def build(built: dict[str, list[str]]) -> tuple[list, list]:
+    models = sql_models.discover()
+    return ([build_sql_asset(m, built) for m in models], [c for m in models for c in build_key_checks(m)])

@@ -1,0 +1,61 @@
+"""Layer staged: one staged/<source> asset per source from sql/staged/stg_source.sql, with its checks."""
+
+
+import dagster as dg
+
+from assets.common import table_metadata
+from dagster_project.resources import WarehouseResource
+from kalm_core import staging
+from kalm_core.catalog import Catalog, Source
+from kalm_core.sql_models import SqlModel, parse_header
+
+
+def _template() -> SqlModel:
+    text = staging.STAGING_SQL.read_text(encoding="utf-8")
+    return SqlModel("staged", "stg_source", staging.STAGING_SQL, text, parse_header(text))
+
+
+def build_staged_asset(src: Source) -> dg.AssetsDefinition:
+    model = _template()
+
+    @dg.asset(key=["staged", src.name], deps=[dg.AssetKey(["raw", src.name])], group_name="staged",
+              kinds={"duckdb"}, code_version=model.code_version, description=model.description)
+    def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        with warehouse.connect() as con:
+            stats = staging.stage_source(con, src, model.text)
+            meta = table_metadata(
+                con, "staged", src.name, rows_in=stats.rows_in, rows_kept=stats.kept,
+                rows_rejected=stats.rejected, rows_duplicate=stats.duplicates,
+                reject_reasons=dg.MetadataValue.json(stats.reasons), sql=dg.MetadataValue.path(str(model.path)),
+            )
+        context.log.info(f"staged/{src.name}: {stats.rows_in} in = {stats.kept} kept + {stats.rejected} "
+                         f"rejected + {stats.duplicates} duplicates")
+        return dg.MaterializeResult(metadata=meta)
+
+    return _staged
+
+
+def build_staged_checks(src: Source) -> list[dg.AssetChecksDefinition]:
+    key = dg.AssetKey(["staged", src.name])
+
+    @dg.asset_check(asset=key, name="row_accounting", blocking=True,
+                    description="rows in raw = kept + rejected + duplicates: staging loses nothing")
+    def _accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as con:
+            n = staging.accounting(con, src.name)
+        out = n["kept"] + n["rejected"] + n["duplicates"]
+        return dg.AssetCheckResult(passed=n["rows_in"] == out, metadata={**n, "rows_out": out})
+
+    @dg.asset_check(asset=key, name="not_empty", blocking=True,
+                    description="the source kept at least one pair")
+    def _not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as con:
+            kept = staging.accounting(con, src.name)["kept"]
+        return dg.AssetCheckResult(passed=kept > 0, metadata={"rows_kept": kept, "expected_min": 1})
+
+    return [_accounting, _not_empty]
+
+
+def build(catalog: Catalog) -> tuple[list, list]:
+    return ([build_staged_asset(s) for s in catalog.sources],
+            [c for s in catalog.sources for c in build_staged_checks(s)])

@@ -1,0 +1,1 @@
+"""Dagster wiring for kalm: Definitions, resources, automation and the `kalm` command line."""

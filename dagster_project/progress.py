@@ -1,0 +1,53 @@
+"""A Dagster logger that prints one line per finished step and check: the progress of `kalm run`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import dagster as dg
+
+_SHOWN = {"STEP_SUCCESS": "ok  ", "STEP_FAILURE": "FAIL", "STEP_SKIPPED": "skip"}
+
+
+class _ProgressHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "dagster_event", None)
+        if event is None:
+            if record.levelno >= logging.ERROR:
+                print(f"  error: {record.getMessage()}", file=sys.stderr, flush=True)
+            return
+        kind = event.event_type_value
+        if kind in _SHOWN:
+            self.done += 1
+            elapsed = time.monotonic() - self.t0
+            print(f"  [{self.done:3d}] {_SHOWN[kind]} {event.step_key:<40s} {elapsed:7.1f}s", flush=True)
+            if kind == "STEP_FAILURE" and event.step_failure_data and event.step_failure_data.error:
+                print(f"         {event.step_failure_data.error.message.strip()}", file=sys.stderr, flush=True)
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if not data.passed:
+                print(f"        check failed: {data.asset_key.to_user_string()} {data.check_name}", flush=True)
+
+
+@dg.logger(description="One line per finished step and failed check.")
+def progress_logger(_init_context) -> logging.Logger:
+    log = logging.getLogger("kalm.progress")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    if not log.handlers:
+        log.addHandler(_ProgressHandler())
+    return log
+
+
+@dg.logger(description="Errors only.")
+def quiet_logger(_init_context) -> logging.Logger:
+    log = logging.getLogger("kalm.quiet")
+    log.setLevel(logging.ERROR)
+    return log

@@ -1,0 +1,62 @@
+"""Run the Definitions in process against a persistent Dagster instance: observe, find stale, materialise.
+
+Staleness comes from Dagster itself: every source file is observed with a content-hash data version, and
+Dagster's stale-status resolver says which assets a changed file (or an edited SQL model) invalidates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
+
+from dagster_project.automation import ALL_JOB, OBSERVE_JOB
+from kalm_core.warehouse import warehouse_path
+
+PROGRESS = {"loggers": {"progress": {}}}  # one line per step (dagster_project/progress.py)
+QUIET = {"loggers": {"quiet": {}}}
+
+
+def instance(warehouse: str | None = None) -> dg.DagsterInstance:
+    """The persistent instance: $DAGSTER_HOME, else a dagster_home folder beside the warehouse."""
+    home = os.environ.get("DAGSTER_HOME") or str(warehouse_path(warehouse).resolve().parent / "dagster_home")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    (Path(home) / "dagster.yaml").touch()
+    os.environ["DAGSTER_HOME"] = home
+    return dg.DagsterInstance.get()
+
+
+def observe_sources(defs: dg.Definitions, inst: dg.DagsterInstance) -> None:
+    defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=inst, run_config=QUIET)
+
+
+def stale_keys(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dg.AssetKey]:
+    """Materialisable assets that are stale or were never materialised, in topological order."""
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=inst, asset_graph=graph)
+    resolver = CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view)
+    keys = [k for level in graph.toposorted_asset_keys_by_level for k in sorted(level)
+            if graph.get(k).is_materializable]
+    return [k for k in keys if resolver.get_status(k) in (StaleStatus.STALE, StaleStatus.MISSING)]
+
+
+def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | None:
+    """Dagster's selection syntax (`key:raw/numpy+`, `group:marts`, `*marts/training_pairs`); None = all."""
+    if not selection:
+        return None
+    keys = dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+    if not keys:
+        raise ValueError(f"selection {selection!r} matches no asset")
+    return sorted(keys)
+
+
+def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.AssetKey] | None = None):
+    """Observe the sources, then materialise `keys` (all when None); failures are reported, not raised."""
+    observe_sources(defs, inst)
+    job = defs.resolve_job_def(ALL_JOB)
+    return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS)

@@ -1,0 +1,27 @@
+"""Export curated pairs in FlagEmbedding's jsonl layout: {query, pos: [..], neg: [..], prompt, type}.
+
+One line per pair, so loading the file back as a source gives the same (query, positive, negatives).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kalm_core.identifiers import table
+
+FORMATS = ("flagembedding",)
+
+
+def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str = "training_pairs") -> int:
+    """Write layer.name to `out` as FlagEmbedding jsonl; returns the number of lines written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = table(layer, name)
+    query = (f"select query, [positive] as pos, negatives as neg, instruction as prompt, task_type as type "
+             f"from {src} order by pair_id")
+    con.execute(f"copy ({query}) to '{_literal(out)}' (format json)")
+    return con.execute(f"select count(*) from {src}").fetchall()[0][0]
+
+
+def _literal(path: Path) -> str:
+    return str(path.resolve()).replace("'", "''")
