@@ -13,7 +13,7 @@ OBSERVE_JOB = "observe_sources"
 def jobs(layers_present: set[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     out = [
         dg.define_asset_job(ALL_JOB, selection=dg.AssetSelection.all(), description="Every table of the DAG."),
-        dg.define_asset_job(OBSERVE_JOB, selection=dg.AssetSelection.groups("sources"),
+        dg.define_asset_job(OBSERVE_JOB, selection=dg.AssetSelection.groups("sources", include_sources=True),
                             description="Hash every source file so changed sources show as stale."),
     ]
     out += [dg.define_asset_job(f"layer_{layer}", selection=dg.AssetSelection.groups(layer))

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+import duckdb
+
 from kalm_core import warehouse as wh
 from kalm_core.catalog import CatalogError, load_catalog
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     _apply_env(args)
     try:
         return args.fn(args)
-    except (CatalogError, wh.WarehouseLocked, FileNotFoundError, ValueError) as e:
+    except (CatalogError, wh.WarehouseLocked, FileNotFoundError, ValueError, duckdb.Error) as e:
         print(f"kalm: error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,13 @@ import dagster as dg
 _SHOWN = {"STEP_SUCCESS": "ok  ", "STEP_FAILURE": "FAIL", "STEP_SKIPPED": "skip"}
 
 
+def _root_cause(error) -> str:
+    """The innermost error's message: the one our code raised, not Dagster's wrapper."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 class _ProgressHandler(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -21,7 +28,7 @@ class _ProgressHandler(logging.Handler):
         event = getattr(record, "dagster_event", None)
         if event is None:
             if record.levelno >= logging.ERROR:
-                print(f"  error: {record.getMessage()}", file=sys.stderr, flush=True)
+                print(f"  error: {record.getMessage().splitlines()[0]}", file=sys.stderr, flush=True)
             return
         kind = event.event_type_value
         if kind in _SHOWN:
@@ -29,7 +36,7 @@ class _ProgressHandler(logging.Handler):
             elapsed = time.monotonic() - self.t0
             print(f"  [{self.done:3d}] {_SHOWN[kind]} {event.step_key:<40s} {elapsed:7.1f}s", flush=True)
             if kind == "STEP_FAILURE" and event.step_failure_data and event.step_failure_data.error:
-                print(f"         {event.step_failure_data.error.message.strip()}", file=sys.stderr, flush=True)
+                print(f"         {_root_cause(event.step_failure_data.error)}", file=sys.stderr, flush=True)
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             if not data.passed:

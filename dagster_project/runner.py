@@ -25,7 +25,9 @@ def instance(warehouse: str | None = None) -> dg.DagsterInstance:
     """The persistent instance: $DAGSTER_HOME, else a dagster_home folder beside the warehouse."""
     home = os.environ.get("DAGSTER_HOME") or str(warehouse_path(warehouse).resolve().parent / "dagster_home")
     Path(home).mkdir(parents=True, exist_ok=True)
-    (Path(home) / "dagster.yaml").touch()
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()
 
@@ -35,14 +37,19 @@ def observe_sources(defs: dg.Definitions, inst: dg.DagsterInstance) -> None:
 
 
 def stale_keys(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dg.AssetKey]:
-    """Materialisable assets that are stale or were never materialised, in topological order."""
+    """What a rebuild must redo, in topological order: assets Dagster finds stale (a new source version,
+    an edited SQL model) or never materialised, plus everything downstream of them (the shared tail)."""
     graph = defs.resolve_asset_graph()
     view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                           instance=inst, asset_graph=graph)
     resolver = CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view)
-    keys = [k for level in graph.toposorted_asset_keys_by_level for k in sorted(level)
-            if graph.get(k).is_materializable]
-    return [k for k in keys if resolver.get_status(k) in (StaleStatus.STALE, StaleStatus.MISSING)]
+    ordered = [k for level in graph.toposorted_asset_keys_by_level for k in sorted(level)
+               if graph.get(k).is_materializable]
+    roots = [k for k in ordered if resolver.get_status(k) in (StaleStatus.STALE, StaleStatus.MISSING)]
+    if not roots:
+        return []
+    todo = dg.AssetSelection.assets(*roots).downstream().resolve(graph)
+    return [k for k in ordered if k in todo]
 
 
 def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | None:

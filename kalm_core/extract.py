@@ -10,6 +10,7 @@ positive, negatives (VARCHAR[]), load_error, raw_record, content_hash, loaded_at
 from __future__ import annotations
 
 import glob
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,8 @@ def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
                 {"u": uri},
             )
             keys = con.execute(
-                "with objects as (select line from _kalm_lines where json_valid(line) "
-                "and starts_with(ltrim(line), '{')) select distinct unnest(json_keys(line)) from objects"
+                "with objects as (select try(json_keys(line)) as k from _kalm_lines "
+                "where starts_with(ltrim(line), '{')) select distinct unnest(k) from objects"
             ).fetchall()
             return "jsonl", sorted(k for (k,) in keys), {}
         reader = {
@@ -114,51 +115,41 @@ def _rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
     ).fetchall()
 
 
-def _json_list(path_param: str) -> str:
-    """SQL for a JSON member that is a list or a scalar -> VARCHAR[] (null/missing -> [])."""
-    return (
-        f"case json_type(line, {path_param}) when 'ARRAY' then from_json(json_extract(line, {path_param}), "
-        f"'[\"VARCHAR\"]') when 'NULL' then [] when null then [] else [json_extract_string(line, {path_param})] end"
-    )
+def _json_list(member: str) -> str:
+    """SQL for a JSON member that is a list or a scalar -> VARCHAR[] (a JSON null -> [])."""
+    return (f"case json_type({member}) when 'ARRAY' then from_json({member}, '[\"VARCHAR\"]') "
+            f"when 'NULL' then cast([] as varchar[]) else [{member} ->> '$'] end")
 
 
 def _normalise_jsonl(con, cols: dict) -> None:
-    params = {}
-    exprs = {}
-    for field in ("query", "positive", "id"):
-        if cols.get(field):
-            params[field] = '$."' + cols[field].replace('"', '\\"') + '"'
-            exprs[field] = f"json_extract_string(line, ${field})"
-        else:
-            exprs[field] = "null"
-    exprs["positive"] = _json_list("$positive")
+    """Parse each line once into the mapped members; a line that is not a JSON object keeps its text."""
     neg = cols.get("negatives")
-    names = [neg] if isinstance(neg, str) else list(neg or [])
-    parts = []
-    for i, name in enumerate(names):
-        params[f"n{i}"] = '$."' + name.replace('"', '\\"') + '"'
-        parts.append(_json_list(f"$n{i}"))
-    exprs["negatives"] = "list_concat(" + ", ".join(parts) + ")" if len(parts) > 1 else (parts[0] if parts else "[]")
-    # Valid objects are set apart first: DuckDB's CASE does not shield JSON functions from a malformed line.
-    con.execute(
-        "create or replace temp table _kalm_good as select rowid + 1 as ordinal, line from _kalm_lines "
-        "where json_valid(line) and starts_with(ltrim(line), '{')"
-    )
+    neg_names = [neg] if isinstance(neg, str) else list(neg or [])
+    members = [c for c in (cols["query"], cols["positive"], cols.get("id"), *neg_names) if c]
+    structure = json.dumps({m: "JSON" for m in members})
+    rec = lambda name: f"rec.{_qcol(name)}"  # noqa: E731
+    negatives = [_json_list(rec(n)) for n in neg_names]
+    neg_sql = ("list_concat(" + ", ".join(negatives) + ")" if len(negatives) > 1
+               else negatives[0] if negatives else "cast([] as varchar[])")
+    rid = f"{rec(cols['id'])} ->> '$'" if cols.get("id") else "cast(null as varchar)"
+    ok = "rec is not null"
     con.execute(
         f"""create or replace temp table _kalm_norm as
+        with parsed as (
+            select rowid + 1 as ordinal, line,
+                   case when starts_with(ltrim(line), '{{') then try(json_transform(line, $structure)) end as rec
+            from _kalm_lines
+        )
         select ordinal,
-               {exprs['query']} as query,
-               {exprs['positive']} as positives,
-               list_filter({exprs['negatives']}, lambda x: x is not null) as negatives,
-               {exprs['id']} as record_id,
-               cast(null as varchar) as load_error,
-               cast(null as varchar) as raw_record
-        from _kalm_good
-        union all
-        select rowid + 1, null, cast([] as varchar[]), cast([] as varchar[]), null, 'malformed json', line
-        from _kalm_lines
-        where rowid + 1 not in (select ordinal from _kalm_good)""",
-        params,
+               case when {ok} then {rec(cols['query'])} ->> '$' end as query,
+               case when {ok} then {_json_list(rec(cols['positive']))} else cast([] as varchar[]) end as positives,
+               case when {ok} then list_filter({neg_sql}, lambda x: x is not null) else cast([] as varchar[]) end
+                   as negatives,
+               case when {ok} then {rid} end as record_id,
+               case when {ok} then null else 'malformed json' end as load_error,
+               case when {ok} then null else line end as raw_record
+        from parsed""",
+        {"structure": structure},
     )
 
 
@@ -236,8 +227,7 @@ def _finish(con, src: Source) -> RawStats:
                md5(concat_ws(chr(31), query, positive, array_to_string(negatives, chr(31)), raw_record))
                    as content_hash,
                current_localtimestamp() as loaded_at
-        from exploded
-        order by ordinal, positive_index""",
+        from exploded""",
         {"source": src.name},
     )
     rows, records, malformed = con.execute(

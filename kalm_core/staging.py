@@ -51,7 +51,7 @@ def stage_source(con, src: Source, sql_text: str | None = None,
     try:
         con.execute(
             f"create or replace table {table('staged', src.name)} as select {KEPT_COLUMNS} from _kalm_staged "
-            "where status = 'kept' order by row_number, positive_index"
+            "where status = 'kept'"
         )
         con.execute(REJECTS_DDL)
         con.execute(f"delete from {table('staged', 'rejects')} where source = ?", [src.name])

@@ -46,13 +46,17 @@ classified as (
     from normalised
 ),
 
+hashed as (
+    select *, md5(query || chr(31) || positive) as pair_id
+    from classified
+    where reject_reason is null
+),
+
 deduplicated as (
     select
         *,
-        md5(query || chr(31) || positive) as pair_id,
-        row_number() over (partition by query, positive order by row_number, positive_index) as copy_number
-    from classified
-    where reject_reason is null
+        row_number() over (partition by pair_id order by row_number, positive_index) as copy_number
+    from hashed
 ),
 
 dispositions as (

@@ -1,0 +1,55 @@
+import pytest
+
+from kalm_core.catalog import CatalogError, Source, load_catalog
+from kalm_core.identifiers import InvalidIdentifier, check_identifier, table
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "cat.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_catalogue_loads_with_held_out_sources():
+    cat = load_catalog()
+    assert any(s.held_out for s in cat.sources) and any(not s.held_out for s in cat.sources)
+    assert all(s.kind == "python-docs" for s in cat.sources)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    p = _write(tmp_path, "sources: [\n  - name: a\n uri: x")
+    with pytest.raises(CatalogError, match=str(p)):
+        load_catalog(p)
+
+
+def test_unknown_key_names_the_file_the_source_and_the_key(tmp_path):
+    p = _write(tmp_path, "sources:\n  - name: alpha\n    uri: a.jsonl\n    colums: {query: q}\n")
+    with pytest.raises(CatalogError, match=r"cat\.yaml.*'alpha'.*colums.*unknown key"):
+        load_catalog(p)
+
+
+def test_source_name_must_be_a_plain_identifier(tmp_path):
+    p = _write(tmp_path, "sources:\n  - name: 'x; drop table raw.y'\n    uri: a.jsonl\n")
+    with pytest.raises(CatalogError, match="not a plain identifier"):
+        load_catalog(p)
+    with pytest.raises(InvalidIdentifier):
+        table("raw", 'a"b')
+    with pytest.raises(InvalidIdentifier):
+        table("nolayer", "a")
+    assert check_identifier("ok_name1") == "ok_name1"
+
+
+def test_duplicate_names_and_missing_uri_are_refused(tmp_path):
+    with pytest.raises(CatalogError, match="appears twice"):
+        load_catalog(_write(tmp_path, "sources:\n  - {name: a, uri: x.jsonl}\n  - {name: a, uri: y.jsonl}\n"))
+    with pytest.raises(CatalogError, match="needs a 'uri'"):
+        load_catalog(_write(tmp_path, "sources:\n  - {name: a}\n"))
+
+
+def test_format_inferred_from_the_uri():
+    assert Source(name="a", uri="hf://datasets/o/d/train.parquet").resolved_format() == "parquet"
+    assert Source(name="a", uri="s3://b/x/*.jsonl").resolved_format() == "jsonl"
+    assert Source(name="a", uri="https://h/x.csv").resolved_format() == "csv"
+    assert Source(name="a", uri="x.data", format="csv").resolved_format() == "csv"
+    with pytest.raises(CatalogError, match="cannot infer"):
+        Source(name="a", uri="x.data").resolved_format()

@@ -1,0 +1,65 @@
+import polars as pl
+import pytest
+
+from kalm_core.catalog import Source
+from kalm_core.extract import SourceError, load_file_source
+from tests.conftest import PAIRS_A, write_jsonl
+
+
+def rows(con, name):
+    return con.sql(f'select * from raw."{name}" order by row_number, positive_index').pl()
+
+
+def test_flagembedding_jsonl_loads_without_a_mapping(con, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", PAIRS_A + [{"query": "q", "pos": ["p1", "p2"], "neg": ["n"]}])
+    stats = load_file_source(con, Source(name="a", uri="a.jsonl"), tmp_path)
+    df = rows(con, "a")
+    assert stats.records == len(PAIRS_A) + 1 and stats.rows == len(PAIRS_A) + 2  # one row per positive
+    last = df.filter(pl.col("row_number") == len(PAIRS_A) + 1)
+    assert last["positive"].to_list() == ["p1", "p2"] and last["positive_index"].to_list() == [1, 2]
+    assert df["negatives"][0].to_list() == ["use reversed()"]
+    assert set(df.columns) >= {"source", "row_number", "content_hash", "loaded_at", "load_error"}
+    assert df["source"].unique().to_list() == ["a"]
+
+
+def test_csv_with_negatives_spread_over_columns(con, tmp_path):
+    (tmp_path / "c.csv").write_text("q,p,n1,n2\nwhat,answer,bad1,bad2\nwho,someone,,bad3\n")
+    src = Source(name="c", uri="c.csv", columns={"query": "q", "positive": "p", "negatives": ["n1", "n2"]})
+    load_file_source(con, src, tmp_path)
+    assert rows(con, "c")["negatives"].to_list() == [["bad1", "bad2"], ["bad3"]]
+
+
+def test_parquet_with_scalar_columns_and_max_rows(con, tmp_path):
+    pl.DataFrame({"a": ["q1", "q2", "q3"], "b": ["p1", "p2", "p3"], "id": [7, 8, 9]}).write_parquet(tmp_path / "p.parquet")
+    src = Source(name="p", uri="p.parquet", max_rows=2, columns={"query": "a", "positive": "b", "negatives": None, "id": "id"})
+    stats = load_file_source(con, src, tmp_path)
+    df = rows(con, "p")
+    assert stats.rows == 2 and df["record_id"].to_list() == ["7", "8"] and df["negatives"].to_list() == [[], []]
+
+
+def test_missing_file_names_the_source_and_the_uri(con, tmp_path):
+    with pytest.raises(SourceError, match=r"'ghost'.*nothere\.jsonl"):
+        load_file_source(con, Source(name="ghost", uri="nothere.jsonl"), tmp_path)
+
+
+def test_missing_columns_lists_expected_and_available(con, tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(SourceError, match=r"missing mapped column.*query.*available columns: \['answer', 'question'\]"):
+        load_file_source(con, Source(name="x", uri="x.jsonl"), tmp_path)
+    with pytest.raises(SourceError, match=r"\['nope'\]"):
+        load_file_source(con, Source(name="x", uri="x.jsonl", columns={"query": "question", "positive": "nope"}),
+                         tmp_path)
+
+
+def test_malformed_and_non_utf8_lines_are_kept_with_a_reason(con, tmp_path):
+    good = b'{"query": "q1", "pos": ["p1"]}\n'
+    (tmp_path / "bad.jsonl").write_bytes(good + b'{"query": "caf\xe9", "pos": ["x"]}\n' + b"{not json\n"
+                                         + b'{"query": "q4", "pos": "p4"}\n')
+    stats = load_file_source(con, Source(name="bad", uri="bad.jsonl"), tmp_path)
+    df = rows(con, "bad")
+    assert stats.records == 4 and stats.malformed == 2
+    assert df["row_number"].to_list() == [1, 2, 3, 4]  # true line numbers, the bad lines in place
+    errors = df["load_error"].to_list()
+    assert errors[0] is None and errors[3] is None
+    assert "ENCODING" in errors[1].upper() and errors[2] == "malformed json"
+    assert df["raw_record"][2] == "{not json" and df["positive"][3] == "p4"

@@ -1,0 +1,87 @@
+"""Row-level unit tests of sql/staged/stg_source.sql: given raw rows, the expected dispositions."""
+
+import unicodedata
+
+import polars as pl
+import pytest
+
+from kalm_core.catalog import Source
+from kalm_core.extract import load_frame_source
+from kalm_core.staging import accounting, stage_source
+
+
+def _raw(con, name, pairs, **kw):
+    src = Source(name=name, kind="python-docs", packages=["x"], **kw)
+    frame = pl.DataFrame(
+        {"ordinal": list(range(1, len(pairs) + 1)), "query": [p[0] for p in pairs],
+         "positives": [[p[1]] for p in pairs], "negatives": [p[2] if len(p) > 2 else [] for p in pairs],
+         "record_id": [None] * len(pairs)},
+        schema={"ordinal": pl.Int64, "query": pl.Utf8, "positives": pl.List(pl.Utf8),
+                "negatives": pl.List(pl.Utf8), "record_id": pl.Utf8},
+    )
+    load_frame_source(con, src, frame)
+    return src
+
+
+CASES = [
+    ("  how to sort  ", " sorted(xs) ", ["  reversed(xs) ", ""]),  # kept, trimmed, empty negative dropped
+    ("how to sort", "sorted(xs)"),  # duplicate of row 1 after trimming
+    (None, "orphan positive"),  # empty query
+    ("no answer", "   "),  # empty positive
+    ("echo", "echo"),  # query equals positive
+    ("neg is pos", "the answer", ["the answer"]),  # negative equals positive
+    ("too long", "x" * 50),  # over the passage limit (40 in this test)
+    (unicodedata.normalize("NFD", "café menu"), "a list of dishes"),  # NFD in, NFC out
+]
+
+
+def test_dispositions_and_reasons(con):
+    src = _raw(con, "s", CASES, instruction="Find it", task_type="retrieval")
+    stats = stage_source(con, src, max_passage_chars=40)
+    assert (stats.rows_in, stats.kept, stats.rejected, stats.duplicates) == (8, 2, 5, 1)
+    assert stats.balanced and accounting(con, "s") == {"rows_in": 8, "kept": 2, "rejected": 5, "duplicates": 1}
+    assert stats.reasons == {"empty query": 1, "empty positive": 1, "query equals positive": 1,
+                             "negative equals positive": 1, "positive over length limit": 1}
+    kept = con.sql('select * from staged."s" order by row_number').pl()
+    assert kept["query"].to_list() == ["how to sort", unicodedata.normalize("NFC", "café menu")]
+    assert kept["positive"][0] == "sorted(xs)" and kept["negatives"][0].to_list() == ["reversed(xs)"]
+    assert kept["instruction"].to_list() == ["Find it"] * 2 and not kept["is_held_out"].any()
+    dup = con.sql("select * from staged.rejects where status = 'duplicate'").pl()
+    assert dup["row_number"].to_list() == [2] and dup["duplicate_of"][0] == kept["pair_id"][0]
+
+
+def test_pair_id_is_a_stable_content_hash(con):
+    stage_source(con, _raw(con, "one", [("q", "p"), ("r", "s")]))
+    stage_source(con, _raw(con, "two", [("r", "s"), ("q", "p")]))
+    one = dict(con.execute('select query, pair_id from staged."one"').fetchall())
+    two = dict(con.execute('select query, pair_id from staged."two"').fetchall())
+    assert one == two and len(set(one.values())) == 2
+
+
+def test_restaging_replaces_only_that_sources_rejects(con):
+    stage_source(con, _raw(con, "a", [("x", "x")]))
+    stage_source(con, _raw(con, "b", [("y", "y"), ("z", "z")]))
+    stage_source(con, _raw(con, "a", [("x", "x")]))
+    counts = dict(con.execute("select source, count(*) from staged.rejects group by source").fetchall())
+    assert counts == {"a": 1, "b": 2}
+
+
+def test_malformed_raw_rows_are_quarantined_not_lost(con, tmp_path):
+    from kalm_core.extract import load_file_source
+
+    (tmp_path / "m.jsonl").write_bytes(b'{"query": "q", "pos": ["p"]}\nnot json\n\xff\xfe\n')
+    src = Source(name="m", uri="m.jsonl")
+    load_file_source(con, src, tmp_path)
+    stats = stage_source(con, src)
+    assert (stats.rows_in, stats.kept, stats.rejected) == (3, 1, 2)
+    reasons = sorted(r for (r,) in con.execute("select reason from staged.rejects where source = 'm'").fetchall())
+    assert all(r.startswith("malformed record") for r in reasons)
+    raw = {r for (r,) in con.execute("select raw_record from staged.rejects where source = 'm'").fetchall()}
+    assert "not json" in raw
+
+
+@pytest.mark.parametrize("n", [0, 1, 50])
+def test_accounting_holds_for_any_size(con, n):
+    pairs = [(f"q{i % 7}", f"p{i % 5}") for i in range(n)]
+    stats = stage_source(con, _raw(con, "acc", pairs))
+    assert stats.balanced and stats.rows_in == n
