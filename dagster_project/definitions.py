@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from assets import marts, raw, staged
+from assets import batched, filtered, marts, raw, staged
 from dagster_project import automation
 from dagster_project.progress import progress_logger, quiet_logger
 from dagster_project.resources import SettingsResource, WarehouseResource
@@ -21,14 +21,17 @@ from kalm_core.warehouse import warehouse_path
 def build_defs(catalog_path: str | None = None, warehouse: str | None = None,
                profile: str | None = None) -> dg.Definitions:
     catalog = load_catalog(catalog_path)
-    built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources]}
+    built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
+             "filtered": [s.name for s in catalog.sources if not s.held_out]}
     staged_assets, staged_checks = staged.build(catalog)
+    filtered_assets, filtered_checks = filtered.build(catalog)
     sql_assets, sql_checks = marts.build(built)
-    assets = [*raw.build(catalog), *staged_assets, *sql_assets]
+    batched_assets, batched_checks = batched.build()
+    assets = [*raw.build(catalog), *staged_assets, *filtered_assets, *sql_assets, *batched_assets]
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*staged_checks, *sql_checks],
+        asset_checks=[*staged_checks, *filtered_checks, *sql_checks, *batched_checks],
         jobs=automation.jobs(layers),
         resources={
             "warehouse": WarehouseResource(path=str(warehouse_path(warehouse).resolve())),

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from kalm_core import warehouse
+from kalm_core.config import PROFILES, BatchConfig, FilterConfig, Profile
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -55,10 +56,19 @@ def small_catalog(tmp_path: Path) -> Path:
     return path
 
 
+TINY = Profile(
+    name="tiny",
+    filter=FilterConfig(n_negatives=1, batch_size=8),
+    batch=BatchConfig(per_device_batch=2, group_by="source"),
+)
+
+
 @pytest.fixture
 def env(tmp_path: Path, small_catalog: Path, monkeypatch) -> dict:
-    """Point kalm at the small catalogue and a fresh warehouse + Dagster home in tmp_path."""
+    """Point kalm at the small catalogue, the tiny profile and a fresh warehouse + Dagster home in tmp_path."""
     wh = tmp_path / "data" / "warehouse.duckdb"
+    monkeypatch.setitem(PROFILES, "tiny", TINY)
+    monkeypatch.setenv("KALM_PROFILE", "tiny")
     monkeypatch.setenv("KALM_CATALOG", str(small_catalog))
     monkeypatch.setenv("KALM_WAREHOUSE", str(wh))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

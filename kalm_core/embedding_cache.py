@@ -1,0 +1,59 @@
+"""An embedding cache keyed by (model id, text hash), in parquet beside the warehouse.
+
+A rebuild after one source changes encodes only the texts it has not seen with that model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+
+def model_id(path: str) -> str:
+    """A model's identity: its path plus the size and mtime of its weight files (retraining in place changes it)."""
+    h = hashlib.sha256(str(Path(path).resolve() if Path(path).exists() else path).encode())
+    p = Path(path)
+    if p.is_dir():
+        for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def text_hash(kind: str, text: str) -> str:
+    return hashlib.md5(f"{kind}\x1f{text}".encode()).hexdigest()
+
+
+class EmbeddingCache:
+    def __init__(self, root: str | Path, model: str):
+        self.dir = Path(root) / model_id(model)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def encode(self, texts: list[str], kind: str, encode_fn: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+        """Embeddings of `texts` (kind: 'query' or 'passage'); returns (matrix, number newly encoded)."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32), 0
+        hashes = [text_hash(kind, t) for t in texts]
+        wanted = pl.DataFrame({"text_hash": hashes}).unique()
+        parts = sorted(self.dir.glob("*.parquet"))
+        found = (pl.scan_parquet(parts).join(wanted.lazy(), on="text_hash", how="semi").unique("text_hash").collect()
+                 if parts else pl.DataFrame(schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}))
+        have = dict(zip(found["text_hash"].to_list(), range(found.height)))
+        vectors = found["vector"].to_list()
+        missing = sorted({h: i for i, h in enumerate(hashes) if h not in have}.values())
+        if missing:
+            new = encode_fn([texts[i] for i in missing]).astype(np.float32)
+            new_hashes = [hashes[i] for i in missing]
+            pl.DataFrame({"text_hash": new_hashes, "vector": list(new)},
+                         schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}
+                         ).write_parquet(self.dir / f"part-{uuid.uuid4().hex}.parquet")
+            for h, v in zip(new_hashes, new):
+                have[h] = len(vectors)
+                vectors.append(v)
+        matrix = np.asarray([vectors[have[h]] for h in hashes], dtype=np.float32)
+        return matrix, len(missing)

@@ -1,0 +1,113 @@
+"""filtered/<source>: one source's pass of ranking-consistency filtering and hard-negative mining.
+
+Encode the source's queries and corpus (through the embedding cache), rank each positive
+(kalm_core.ranking_consistency), keep or drop the pair, and mine its negatives (kalm_core.mining).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kalm_core.config import FilterConfig
+from kalm_core.embedding_cache import EmbeddingCache
+from kalm_core.mining import mine_negatives
+from kalm_core.model import Embedder
+from kalm_core.ranking_consistency import Corpus, Window, keep_decision, rank_positives
+
+
+@dataclass
+class CachedEncoder:
+    """An Embedder behind the embedding cache; counts what it truly encoded and what it truncated."""
+
+    embedder: Embedder
+    cache: EmbeddingCache
+    batch_size: int = 64
+    show_progress: bool = False
+    encoded: int = 0
+    truncated: int = 0
+
+    @classmethod
+    def load(cls, model_path: str, embedder_config, cache_root: str | Path, **kw) -> "CachedEncoder":
+        emb = Embedder.from_pretrained(embedder_config, model_path)
+        return cls(emb, EmbeddingCache(cache_root, model_path), **kw)
+
+    def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        max_len = self.embedder.config.query_max_len if is_query else self.embedder.config.passage_max_len
+        self.truncated += self.embedder.count_truncated(texts, max_len)
+        return self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size,
+                                    show_progress=self.show_progress)
+
+    def queries(self, texts: list[str]) -> np.ndarray:
+        out, n = self.cache.encode(texts, "query", lambda t: self._encode(t, True))
+        self.encoded += n
+        return out
+
+    def passages(self, texts: list[str]) -> np.ndarray:
+        out, n = self.cache.encode(texts, "passage", lambda t: self._encode(t, False))
+        self.encoded += n
+        return out
+
+
+@dataclass
+class FilterStats:
+    pairs: int
+    kept: int
+    corpus_size: int
+    window: Window
+    median_pos_rank: float | None
+    filled_rows: int
+    margin_dropped: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.pairs - self.kept
+
+
+def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig,
+                  pool: list[str] | None = None) -> tuple[pl.DataFrame, FilterStats]:
+    """pairs: staged rows (pair_id, query, positive, negatives, ...) -> the same rows with pos_rank, pos_score,
+    kept, reason, the final negatives and mining counts."""
+    queries, positives = pairs["query"].to_list(), pairs["positive"].to_list()
+    given = [list(n) for n in pairs["negatives"].to_list()]
+    corpus = Corpus.build(positives, given, pool)
+    window = Window.for_corpus(len(corpus), cfg)
+
+    unique_q = list(dict.fromkeys(queries))
+    q_row = {q: i for i, q in enumerate(unique_q)}
+    q_emb = encoder.queries(unique_q)[[q_row[q] for q in queries]]  # (P, D)
+    c_emb = encoder.passages(corpus.texts)  # (C, D)
+
+    pos_ids = np.array([corpus.ids[p] for p in positives], dtype=np.int64)
+    positives_of: dict[str, set[int]] = {}
+    for q, pid in zip(queries, pos_ids):
+        positives_of.setdefault(q, set()).add(int(pid))
+    excluded = [positives_of[q] | ({corpus.ids[q]} if q in corpus.ids else set()) for q in queries]
+
+    ranked = rank_positives(q_emb, c_emb, pos_ids, excluded, depth=window.hi, chunk=cfg.query_chunk)
+    kept, reasons = keep_decision(ranked.ranks, window.top_k)
+    mined = [mine_negatives(pid, g, cands, float(ps), corpus.texts, ex, cfg.n_negatives, window.lo, window.hi,
+                            cfg.margin, cfg.seed)
+             for pid, g, cands, ps, ex in zip(pairs["pair_id"].to_list(), given, ranked.candidates,
+                                              ranked.pos_scores, excluded)]
+    out = pairs.drop("negatives").with_columns(
+        pl.Series("negatives", [m.negatives for m in mined], dtype=pl.List(pl.Utf8)),
+        pl.Series("pos_rank", ranked.ranks, dtype=pl.Int64),
+        pl.Series("pos_score", ranked.pos_scores, dtype=pl.Float32),
+        pl.Series("kept", kept, dtype=pl.Boolean),
+        pl.Series("reason", reasons, dtype=pl.Utf8),
+        pl.Series("n_given_negatives", [m.n_given for m in mined], dtype=pl.Int32),
+        pl.Series("n_mined_negatives", [m.n_mined for m in mined], dtype=pl.Int32),
+        pl.Series("n_filled_negatives", [m.n_filled for m in mined], dtype=pl.Int32),
+        pl.Series("is_filled", [m.n_filled > 0 for m in mined], dtype=pl.Boolean),
+    )
+    stats = FilterStats(
+        pairs=pairs.height, kept=int(kept.sum()), corpus_size=len(corpus), window=window,
+        median_pos_rank=float(np.median(ranked.ranks)) if len(ranked.ranks) else None,
+        filled_rows=sum(m.n_filled > 0 for m in mined), margin_dropped=sum(m.n_margin_dropped for m in mined),
+    )
+    return out, stats

@@ -1,0 +1,152 @@
+"""The embedder: a transformers encoder or decoder, a pooling, optional L2 normalisation (KaLM §3.1).
+
+References: KaLM-Embedding, arXiv 2501.01028 (mean pooling over Qwen2-0.5B's last hidden state, L2-normalised;
+queries carry `Instruct: {instruction} \\n Query: {query}`, documents nothing). Saving writes a
+sentence-transformers directory, so `SentenceTransformer(path)` gives the same embeddings as `encode()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from kalm_core.config import ModelConfig, resolve_model_path
+
+POOLINGS = ("mean", "last_token", "cls")
+
+
+class ModelLoadError(FileNotFoundError):
+    """A model path that does not exist or does not hold a model."""
+
+
+def format_query(query: str, instruction: str | None, template: str = ModelConfig.query_template) -> str:
+    """KaLM's query text; no instruction means the bare query (symmetric tasks, untrained bases)."""
+    return template.format(instruction=instruction, query=query) if instruction else query
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, left_padded: bool = False) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H)."""
+    if mode == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+    if mode == "cls":
+        return hidden[:, 0]  # (B, H)
+    if mode == "last_token":
+        if left_padded:
+            return hidden[:, -1]  # (B, H)
+        last = mask.sum(1) - 1  # (B,) index of each row's last real token
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
+    raise ValueError(f"pooling {mode!r} is not one of {POOLINGS}")
+
+
+class Embedder(torch.nn.Module):
+    """Texts -> embeddings. `forward` keeps gradients (training); `encode` is batched no-grad inference."""
+
+    def __init__(self, model, tokenizer, config: ModelConfig):
+        super().__init__()
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        if self.tokenizer.pad_token is None:  # decoders (Qwen2) ship without one
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(cls, config: ModelConfig, path: str | None = None, **model_kwargs) -> "Embedder":
+        """Load `path` (default: the config's base model) with AutoModel + AutoTokenizer."""
+        path = resolve_model_path(path or config.base_model)
+        looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path)
+        if looks_local and not (Path(path) / "config.json").exists():
+            raise ModelLoadError(f"model path {path} does not exist or holds no config.json")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, **model_kwargs)
+        except OSError as e:
+            raise ModelLoadError(f"cannot load model {path!r}: {e}") from None
+        return cls(model, tokenizer, config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, H) pooled (and normalised) embeddings."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        emb = pool(hidden, attention_mask, self.config.pooling, self.tokenizer.padding_side == "left")
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def count_truncated(self, texts: list[str], max_len: int) -> int:
+        """How many texts are longer than max_len tokens (and so get truncated)."""
+        lengths = self.tokenizer(texts, truncation=False, add_special_tokens=True, return_length=True)["length"]
+        return int(sum(n > max_len for n in lengths))
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], *, is_query: bool = False, instruction: str | None = None,
+               batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """(N,) texts -> (N, H) float32. Queries get the instruction template; batches are length-sorted so
+        padding is minimal, and rows come back in input order."""
+        if is_query:
+            texts = [format_query(t, instruction, self.config.query_template) for t in texts]
+        max_len = self.config.query_max_len if is_query else self.config.passage_max_len
+        enc = self.tokenizer(texts, truncation=True, max_length=max_len)  # pre-tokenise once, pad per batch
+        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
+        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="encode", unit="batch"):
+            idx = order[start:start + batch_size]
+            feats = self.tokenizer.pad({"input_ids": [enc["input_ids"][i] for i in idx],
+                                        "attention_mask": [enc["attention_mask"][i] for i in idx]},
+                                       return_tensors="pt")
+            emb = self(feats["input_ids"].to(self.device), feats["attention_mask"].to(self.device))
+            out[idx] = emb.float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, path: str | Path, query_instruction: str | None = None) -> Path:
+        """Write a sentence-transformers directory: Transformer, Pooling, and Normalize when normalising."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.config.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (path / "2_Normalize").mkdir(exist_ok=True)
+        (path / "1_Pooling").mkdir(exist_ok=True)
+        pooling = {"word_embedding_dimension": self.hidden_size,
+                   "pooling_mode_cls_token": self.config.pooling == "cls",
+                   "pooling_mode_mean_tokens": self.config.pooling == "mean",
+                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+                   "pooling_mode_weightedmean_tokens": False,
+                   "pooling_mode_lasttoken": self.config.pooling == "last_token", "include_prompt": True}
+        prompts = {"query": format_query("", query_instruction, self.config.query_template)} if query_instruction else {}
+        _dump(path / "modules.json", modules)
+        _dump(path / "1_Pooling" / "config.json", pooling)
+        _dump(path / "sentence_bert_config.json", {"max_seq_length": self.config.passage_max_len,
+                                                   "do_lower_case": False})
+        _dump(path / "config_sentence_transformers.json",
+              {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+        _dump(path / "kalm_model_config.json", asdict(self.config))
+        return path
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
