@@ -45,7 +45,11 @@ class EmbeddingCache:
                  if parts else pl.DataFrame(schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}))
         have = dict(zip(found["text_hash"].to_list(), range(found.height)))
         vectors = found["vector"].to_list()
-        missing = sorted({h: i for i, h in enumerate(hashes) if h not in have}.values())
+        first: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in have:
+                first.setdefault(h, i)
+        missing = list(first.values())
         if missing:
             new = encode_fn([texts[i] for i in missing]).astype(np.float32)
             new_hashes = [hashes[i] for i in missing]

@@ -36,17 +36,16 @@ def mine_negatives(key: str, given: list[str], candidates: list[tuple[int, float
     chosen = list(dict.fromkeys(g for g in given if g not in excluded_texts))[:n]
     n_given = len(chosen)
     window = candidates[lo:hi]
-    n_margin = 0
+    too_close: set[str] = set()  # likely false negatives: never mined, never filled
     if margin is not None:
-        before = len(window)
+        too_close = {texts[c] for c, s in window if s > margin * pos_score}
         window = [(c, s) for c, s in window if s <= margin * pos_score]
-        n_margin = before - len(window)
     pool = [texts[c] for c, _ in window if texts[c] not in chosen]
     take = min(n - len(chosen), len(pool))
     mined = [pool[i] for i in sorted(rng.choice(len(pool), size=take, replace=False))] if take > 0 else []
     chosen += mined
     n_filled = 0
-    taken = set(chosen) | excluded_texts
+    taken = set(chosen) | excluded_texts | too_close
     available = len(set(texts) - taken) if len(chosen) < n else 0
     while len(chosen) < n and n_filled < available:  # random fill, drawn a few at a time (corpora are large)
         for i in rng.integers(0, len(texts), size=4 * n):
@@ -54,4 +53,4 @@ def mine_negatives(key: str, given: list[str], candidates: list[tuple[int, float
                 chosen.append(texts[i])
                 taken.add(texts[i])
                 n_filled += 1
-    return Mined(chosen, n_given, len(mined), n_filled, n_margin)
+    return Mined(chosen, n_given, len(mined), n_filled, len(too_close))

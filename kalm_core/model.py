@@ -8,6 +8,7 @@ sentence-transformers directory, so `SentenceTransformer(path)` gives the same e
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -92,7 +93,13 @@ class Embedder(torch.nn.Module):
 
     def count_truncated(self, texts: list[str], max_len: int) -> int:
         """How many texts are longer than max_len tokens (and so get truncated)."""
-        lengths = self.tokenizer(texts, truncation=False, add_special_tokens=True, return_length=True)["length"]
+        quiet = logging.getLogger("transformers.tokenization_utils_base")  # its "longer than maximum" warning
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            lengths = self.tokenizer(texts, truncation=False, add_special_tokens=True, return_length=True)["length"]
+        finally:
+            quiet.setLevel(level)
         return int(sum(n > max_len for n in lengths))
 
     @torch.inference_mode()

@@ -55,11 +55,13 @@ def topk(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 4096) -> 
     return topk_faiss(queries, corpus, k, chunk)
 
 
-def count_above(queries: np.ndarray, corpus: np.ndarray, thresholds: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """For each query, how many corpus items score strictly above its threshold (an exact rank)."""
+def count_above(queries: np.ndarray, corpus: np.ndarray, thresholds: np.ndarray, chunk: int = 4096,
+                eps: float = 1e-5) -> np.ndarray:
+    """For each query, how many corpus items score above its threshold by more than eps (an exact rank; eps keeps
+    an item from outranking itself through float rounding between two kernels)."""
     c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32))
     out = []
     for s in range(0, queries.shape[0], chunk):
         sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)) @ c.T  # (q, C)
-        out.append((sim > torch.from_numpy(thresholds[s:s + chunk]).unsqueeze(1)).sum(1).numpy())
+        out.append((sim > torch.from_numpy(thresholds[s:s + chunk] + eps).unsqueeze(1)).sum(1).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

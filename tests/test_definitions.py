@@ -85,3 +85,28 @@ def test_select_runs_a_subset(env, capsys):
     assert main(["run", "--select", "key:raw/gamma or key:staged/gamma"]) == 0
     out = capsys.readouterr().out
     assert "staged.gamma" in out and "raw.alpha" not in out
+
+
+def test_a_source_filtered_to_nothing_fails_its_check_by_name(env, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from kalm_core.config import PROFILES, FilterConfig
+
+    strict = replace(PROFILES["tiny"], name="strict", filter=FilterConfig(top_k=0, window=(0, 1), n_negatives=1))
+    monkeypatch.setitem(PROFILES, "strict", strict)
+    assert main(["run", "--profile", "strict"]) == 1
+    out = capsys.readouterr().out
+    assert "check failed: filtered/alpha kept_some" in out and "check failed: filtered/beta kept_some" in out
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute('select count(*) filter (kept), count(*) from filtered."alpha"').fetchall()[0] == (0, 2)
+        assert not warehouse.exists(con, "marts", "training_pairs")
+
+
+def test_a_rebuild_reencodes_nothing_it_has_seen(env, capsys):
+    assert main(["run"]) == 0
+    defs, inst = build_defs(), runner.instance()
+    first = inst.get_latest_materialization_event(K(["filtered", "alpha"])).asset_materialization.metadata
+    assert first["texts_encoded"].value > 0
+    assert main(["run", "--select", "key:filtered/alpha"]) == 0
+    again = inst.get_latest_materialization_event(K(["filtered", "alpha"])).asset_materialization.metadata
+    assert again["texts_encoded"].value == 0 and again["kept"].value == first["kept"].value

@@ -1,0 +1,74 @@
+"""Semi-homogeneous batches: purity follows the ratio, no text twice in a batch, deterministic for a seed."""
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kalm_core.batching import BatchingError, has_duplicate_texts, semi_homogeneous
+from kalm_core.config import BatchConfig
+from kalm_core.snapshot import SNAPSHOT_COLUMNS, write_snapshot
+
+
+def pairs(sizes: dict[str, int], shared_negative: bool = False) -> pl.DataFrame:
+    rows = []
+    for task, n in sizes.items():
+        for i in range(n):
+            negs = ["a common negative"] if shared_negative else [f"{task} neg {i}"]
+            rows.append({"pair_id": f"{task}-{i}", "query": f"{task} q {i}", "positive": f"{task} p {i}",
+                         "negatives": negs, "task_type": task, "instruction": f"do {task}", "source": task})
+    return pl.DataFrame(rows)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ratio=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), per_device=st.integers(4, 16),
+       world=st.integers(1, 2), sizes=st.lists(st.integers(40, 200), min_size=2, max_size=4))
+def test_realised_purity_follows_the_ratio(ratio, per_device, world, sizes):
+    cfg = BatchConfig(per_device_batch=per_device, world_size=world, ratio=ratio, seed=3)
+    data = pairs({f"t{i}": n for i, n in enumerate(sizes)})
+    out, purity, stats = semi_homogeneous(data, cfg)
+    g = cfg.global_batch
+    assert stats.mixed_per_batch == int(g * (1 - ratio))
+    assert (purity["size"] == g).all() and out.height == stats.batches * g
+    assert stats.rows_batched + stats.rows_left_over == data.height
+    if ratio == 1.0:
+        assert (purity["purity"] == 1.0).all()
+    tolerance = 0.05 + 1.0 / g if stats.batches < 10 else 0.05  # few batches: a wider sampling error
+    assert abs(stats.mean_purity - stats.expected_purity) <= tolerance
+    assert out.select("batch_id", "position").is_unique().all()
+    assert not has_duplicate_texts(out)
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    data = pairs({"a": 100, "b": 100})
+    one, _, _ = semi_homogeneous(data, BatchConfig(per_device_batch=8, ratio=0.5, seed=1))
+    two, _, _ = semi_homogeneous(data, BatchConfig(per_device_batch=8, ratio=0.5, seed=1))
+    three, _, _ = semi_homogeneous(data, BatchConfig(per_device_batch=8, ratio=0.5, seed=2))
+    assert one.equals(two) and not one.equals(three)
+
+
+def test_a_text_shared_by_many_rows_never_lands_twice_in_a_batch():
+    data = pairs({"a": 30}, shared_negative=True)  # every row carries the same negative
+    with pytest.raises(BatchingError, match="do not fill one global batch"):
+        semi_homogeneous(data, BatchConfig(per_device_batch=2))
+    mixed = pl.concat([pairs({"a": 64}), pairs({"b": 64})])
+    out, _, _ = semi_homogeneous(mixed.with_columns(
+        pl.when(pl.col("pair_id").str.ends_with("-0")).then(pl.lit(["b p 1"])).otherwise(pl.col("negatives"))
+        .alias("negatives")), BatchConfig(per_device_batch=8, ratio=0.0, seed=0))
+    assert not has_duplicate_texts(out)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(BatchingError, match="ratio"):
+        semi_homogeneous(pairs({"a": 10}), BatchConfig(ratio=1.5))
+    with pytest.raises(BatchingError, match="group_by"):
+        semi_homogeneous(pairs({"a": 10}), BatchConfig(group_by="nope"))
+
+
+def test_snapshot_is_named_by_its_hash(tmp_path):
+    out, _, _ = semi_homogeneous(pairs({"a": 40}), BatchConfig(per_device_batch=4))
+    path, digest = write_snapshot(out, tmp_path)
+    again, digest2 = write_snapshot(out, tmp_path)
+    assert path == again and digest == digest2 and path.name == f"batches-{digest[:16]}.parquet"
+    back = pl.read_parquet(path)
+    assert set(SNAPSHOT_COLUMNS) <= set(back.columns) and back.height == out.height

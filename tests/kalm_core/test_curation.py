@@ -1,0 +1,145 @@
+"""Ranking consistency, mining, search and the embedding cache on small planted data."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kalm_core.config import FilterConfig, ModelConfig, resolve_model_path
+from kalm_core.embedding_cache import EmbeddingCache
+from kalm_core.filtering import filter_source
+from kalm_core.mining import mine_negatives
+from kalm_core.model import Embedder, ModelLoadError
+from kalm_core.ranking_consistency import Window
+from kalm_core.search import count_above, topk_faiss, topk_torch
+
+DIM = 32
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+class PlantedEncoder:
+    """Stands in for CachedEncoder: each text has a planted vector."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def queries(self, texts):
+        return np.stack([self.vectors[t] for t in texts])
+
+    passages = queries
+
+
+def planted(n_docs=150, seed=0):
+    """n_docs random documents; query i sits next to doc i, except the 'broad' query, which sits nowhere."""
+    rng = np.random.default_rng(seed)
+    docs = unit(rng.normal(size=(n_docs, DIM)))
+    vectors = {f"doc {i}": docs[i] for i in range(n_docs)}
+    queries = [f"query {i}" for i in range(10)]
+    for i, q in enumerate(queries):
+        vectors[q] = unit(docs[i] + 0.05 * rng.normal(size=DIM))
+    vectors["broad query"] = unit(-docs[10] + 0.01 * rng.normal(size=DIM))  # its positive is the farthest doc
+    pairs = pl.DataFrame({
+        "pair_id": [f"p{i}" for i in range(11)],
+        "query": queries + ["broad query"],
+        "positive": [f"doc {i}" for i in range(11)],
+        "negatives": [[f"doc {j}" for j in range(11, n_docs)]] + [[] for _ in range(10)],
+    })
+    return pairs, PlantedEncoder(vectors)
+
+
+def test_a_far_positive_is_dropped_with_its_rank():
+    pairs, enc = planted()
+    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    broad = out.filter(pl.col("query") == "broad query").row(0, named=True)
+    assert not broad["kept"] and broad["pos_rank"] >= 50 and f"ranked {broad['pos_rank']}" in broad["reason"]
+    assert broad["pos_rank"] > 140  # exact rank beyond the retrieved depth
+    near = out.filter(pl.col("query") != "broad query")
+    assert near["kept"].all() and (near["pos_rank"] == 0).all()
+    assert stats.kept == 10 and stats.dropped == 1 and not stats.window.shrunk
+
+
+def test_negatives_come_from_the_window_and_never_a_positive_or_the_query():
+    pairs, enc = planted()
+    out, _ = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    positives = set(pairs["positive"])
+    for row in out.iter_rows(named=True):
+        assert len(row["negatives"]) == 3
+        assert row["positive"] not in row["negatives"] and row["query"] not in row["negatives"]
+        if row["pair_id"] != "p0":  # p0 brings given negatives: they come first
+            assert not positives & set(row["negatives"]) or row["n_filled_negatives"] == 0
+    first = out.row(0, named=True)
+    assert first["n_given_negatives"] == 3 and first["negatives"] == ["doc 11", "doc 12", "doc 13"]
+    assert (out.filter(pl.col("pair_id") != "p0")["n_mined_negatives"] == 3).all()
+
+
+def test_the_margin_excludes_a_near_duplicate_of_the_positive():
+    texts = ["pos", "near dup", "far a", "far b", "far c", "query"]
+    cands = [(1, 0.97), (2, 0.5), (3, 0.4), (4, 0.3)]  # (corpus id, score), rank order; positive scored 1.0
+    plain = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=2, lo=0, hi=4, margin=None, seed=1)
+    margin = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=4, lo=0, hi=4, margin=0.95, seed=1)
+    assert margin.n_margin_dropped == 1 and "near dup" not in margin.negatives
+    assert margin.n_mined == 3 and margin.n_filled == 0  # not even the random fill brings it back
+    assert plain.n_margin_dropped == 0 and set(plain.negatives) <= {"near dup", "far a", "far b", "far c"}
+    always = [mine_negatives(f"k{i}", [], cands, 1.0, texts, {0, 5}, n=4, lo=0, hi=4, seed=i) for i in range(5)]
+    assert all("near dup" in m.negatives for m in always)  # without the margin it is mined
+
+
+def test_a_short_row_is_filled_at_random_and_flagged():
+    texts = ["pos", "q", "a", "b", "c", "d"]
+    m = mine_negatives("k", ["given"], [(2, 0.5)], 1.0, texts, {0, 1}, n=4, lo=0, hi=1, seed=0)
+    assert m.negatives[0] == "given" and m.n_given == 1 and m.n_mined == 1 and m.n_filled == 2
+    assert not {"pos", "q"} & set(m.negatives) and len(set(m.negatives)) == 4
+
+
+def test_a_small_corpus_shrinks_k_and_the_window():
+    w = Window.for_corpus(20, FilterConfig(top_k=50, window=(50, 100)))
+    assert w.shrunk and w.top_k == 10 and (w.lo, w.hi) == (10, 19)
+    assert not Window.for_corpus(500, FilterConfig()).shrunk
+    pairs, enc = planted(n_docs=12)
+    out, stats = filter_source(pairs.with_columns(pl.Series("negatives", [[]] * 11, dtype=pl.List(pl.Utf8))), enc,
+                               FilterConfig(n_negatives=2))
+    assert stats.window.shrunk and stats.corpus_size == 11
+    assert (out["negatives"].list.len() == 2).all()
+
+
+@pytest.mark.parametrize("n,c,k", [(7, 50, 5), (300, 1000, 100), (5, 3, 10)])
+def test_faiss_equals_the_torch_reference(n, c, k):
+    rng = np.random.default_rng(n)
+    q, docs = unit(rng.normal(size=(n, DIM))), unit(rng.normal(size=(c, DIM)))
+    fs, fi = topk_faiss(q, docs, k, chunk=64)
+    ts, ti = topk_torch(q, docs, k, chunk=64)
+    assert fi.shape == (n, min(k, c))
+    np.testing.assert_allclose(fs, ts, atol=1e-5)
+    assert (fi == ti).mean() > 0.999  # ties aside, the same ids
+    above = count_above(q, docs, fs[:, -1].copy())  # the k-th item has k - 1 above it (ties within eps aside)
+    assert (np.abs(above - (min(k, c) - 1)) <= 1).all() and (above == min(k, c) - 1).mean() > 0.9
+
+
+def test_the_cache_encodes_each_text_once_per_model(tmp_path):
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.stack([np.full(4, len(t), dtype=np.float32) for t in texts])
+
+    cache = EmbeddingCache(tmp_path, "model-a")
+    m1, n1 = cache.encode(["a", "bb", "a"], "passage", encode)
+    m2, n2 = cache.encode(["bb", "ccc", "a"], "passage", encode)
+    assert (n1, n2) == (2, 1) and calls == [["a", "bb"], ["ccc"]]
+    assert m2[:, 0].tolist() == [2.0, 3.0, 1.0] and m1[2, 0] == 1.0
+    _, n3 = EmbeddingCache(tmp_path, "model-b").encode(["a"], "passage", encode)
+    _, n4 = cache.encode(["a"], "query", encode)
+    assert n3 == 1 and n4 == 1  # another model, or the query side, is another key
+
+
+def test_a_missing_filter_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Embedder.from_pretrained(ModelConfig(), str(tmp_path / "no-model"))
+
+
+def test_truncation_is_counted():
+    emb = Embedder.from_pretrained(ModelConfig(), resolve_model_path(ModelConfig().base_model))
+    assert emb.count_truncated(["short", "a much longer text " * 20], max_len=16) == 1
