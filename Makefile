@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kalm run
+	HF_HUB_OFFLINE=1 $(BIN)/kalm run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -81,9 +81,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     epochs: int = 1
     max_steps: int | None = None
-    bf16: bool = False
+    bf16: bool | None = None  # None: on where the hardware has native bf16 (CUDA, or a CPU with AVX512-BF16/AMX)
     gradient_checkpointing: bool = False
     grad_cache_chunk: int | None = None  # GradCache mini-batch size; None = plain backward
+    length_chunk: int = 8  # texts per length-sorted forward chunk (each padded only to its own longest text)
     lora_rank: int | None = None
     nproc: int = 1
     checkpoint_every: int = 50
@@ -112,7 +113,8 @@ PROFILES: dict[str, Profile] = {
         name="demo",
         filter=FilterConfig(n_negatives=3),
         batch=BatchConfig(per_device_batch=32, group_by="source"),  # every docstring source is one task type
-        train=TrainConfig(group_size=4, temperature=0.05, lr=5e-5, max_steps=None),
+        # CPU budget: 1 hard negative per query and 80 steps of 32 pairs (about 5 minutes on 2 cores)
+        train=TrainConfig(group_size=2, temperature=0.05, lr=5e-5, max_steps=80, length_chunk=8),
     ),
     "kalm-mini": Profile(
         name="kalm-mini",
@@ -124,6 +126,29 @@ PROFILES: dict[str, Profile] = {
                           gradient_checkpointing=True),
     ),
 }
+
+
+def bf16_supported() -> bool:
+    """Native bf16 matmuls: a CUDA device that supports them, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def profile_from_dict(data: dict) -> Profile:
+    """The inverse of dataclasses.asdict(profile): how the trainer subprocess receives its config."""
+    def build(cls, d):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    return Profile(name=data["name"], model=build(ModelConfig, data["model"]), filter=build(FilterConfig, data["filter"]),
+                   batch=build(BatchConfig, data["batch"]), train=build(TrainConfig, data["train"]),
+                   eval=build(EvalConfig, data["eval"]))
 
 
 def get_profile(name: str | None = None) -> Profile:

@@ -1,0 +1,70 @@
+"""Layer evaluation: mteb scores per Matryoshka dim, base vs trained, as the table evaluation.mteb_results."""
+
+import dagster as dg
+import polars as pl
+
+from assets.training import EMBEDDER
+from dagster_project.resources import SettingsResource, WarehouseResource
+from kalm_core import plots
+from kalm_core import warehouse as wh
+from kalm_core.config import get_profile, resolve_model_path
+from kalm_core.evaluation import HELD_OUT_TASK, evaluate_model, heldout_task, load_real_tasks
+from kalm_core.identifiers import table
+
+RESULTS = dg.AssetKey(["evaluation", "mteb_results"])
+
+
+@dg.asset(key=RESULTS, deps=[EMBEDDER, dg.AssetKey(["marts", "eval_pairs"])], group_name="evaluation",
+          kinds={"pytorch", "duckdb"}, code_version="evaluation-1",
+          description="nDCG@10 and friends per task, dim and role (base or trained), through mteb.evaluate.")
+def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                 settings: SettingsResource) -> dg.MaterializeResult:
+    profile = get_profile(settings.profile)
+    with warehouse.connect() as con:
+        pairs = con.sql(f"select query, positive, instruction from {table('marts', 'eval_pairs')}").pl()
+        trained = con.execute(f"select model_path from {table('training', 'embedder')}").fetchall()[0][0]
+    if profile.eval.max_eval_pairs:
+        pairs = pairs.sample(n=min(profile.eval.max_eval_pairs, pairs.height), seed=0)
+    real, skipped = load_real_tasks(profile.eval.mteb_tasks)
+    for s in skipped:
+        context.log.warning(f"MTEB task {s.task_name} skipped: {s.reason}")
+    tasks = [heldout_task(pairs), *real]
+    instruction = pairs["instruction"].mode().to_list()[0]
+    dims = profile.train.dims
+    base = resolve_model_path(profile.model.base_model)
+    rows = (evaluate_model("base", base, profile.model, dims, tasks, None, profile.eval.batch_size)
+            + evaluate_model("trained", trained, profile.model, dims, tasks, instruction, profile.eval.batch_size))
+    frame = pl.DataFrame(rows)
+    with warehouse.connect() as con:
+        wh.write(con, "evaluation", "mteb_results", frame)
+        wh.write(con, "evaluation", "skipped_tasks",
+                 pl.DataFrame({"task_name": [s.task_name for s in skipped], "reason": [s.reason for s in skipped]},
+                              schema={"task_name": pl.Utf8, "reason": pl.Utf8}))
+    held = frame.filter((pl.col("task_name") == HELD_OUT_TASK) & (pl.col("metric") == "ndcg_at_10"))
+    series = {role: dict(zip(g["dim"].to_list(), g["score"].to_list())) for (role,), g in held.group_by("role")}
+    full = max(dims)
+    meta = {f"{role}_ndcg10_dim{d}": s for role, pts in series.items() for d, s in pts.items()}
+    return dg.MaterializeResult(metadata={
+        **meta, "dagster/row_count": frame.height, "held_out_pairs": pairs.height,
+        "skipped_tasks": dg.MetadataValue.json({s.task_name: s.reason for s in skipped}),
+        "trained_minus_base_full_dim": series["trained"][full] - series["base"][full],
+        "score_vs_dim": dg.MetadataValue.md(plots.score_vs_dim(series)), "trained_model": trained})
+
+
+@dg.asset_check(asset=RESULTS, name="trained_beats_base",
+                description="the fine-tuned model beats the base embedder on the held-out task at full dim")
+def trained_beats_base(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect() as con:
+        scores = dict(con.execute(
+            f"select role, score from {table('evaluation', 'mteb_results')} where task_name = ? and metric = "
+            f"'ndcg_at_10' and dim = (select max(dim) from {table('evaluation', 'mteb_results')})",
+            [HELD_OUT_TASK]).fetchall())
+    return dg.AssetCheckResult(
+        passed=scores.get("trained", 0) > scores.get("base", 0),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"trained_ndcg_at_10": scores.get("trained"), "base_ndcg_at_10": scores.get("base"),
+                  "expected": "trained > base"})
+
+
+def build() -> tuple[list, list]:
+    return [mteb_results], [trained_beats_base]

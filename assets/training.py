@@ -1,0 +1,92 @@
+"""Layer training: fine-tune the embedder in its own process (torchrun when nproc > 1) on the batch snapshot."""
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+
+from assets.batched import BATCHES
+from dagster_project.resources import SettingsResource, WarehouseResource
+from kalm_core import plots
+from kalm_core import warehouse as wh
+from kalm_core.config import data_dir, get_profile, resolve_model_path
+from kalm_core.identifiers import table
+
+EMBEDDER = dg.AssetKey(["training", "embedder"])
+RUNS = dg.AssetKey(["training", "runs"])
+
+
+def trainer_command(nproc: int, args: list[str]) -> list[str]:
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "kalm_core.trainer", *args]
+    return [sys.executable, "-m", "kalm_core.trainer", *args]
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(EMBEDDER, deps=[BATCHES], group_name="training", kinds={"pytorch"},
+                        description="The current fine-tuned embedder (one row: its path and run)."),
+           dg.AssetSpec(RUNS, deps=[BATCHES], group_name="training", kinds={"duckdb"},
+                        description="Every training run, appended.")],
+    code_version="training-1",
+)
+def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
+    profile = get_profile(settings.profile)
+    profile = replace(profile, model=replace(profile.model, base_model=resolve_model_path(profile.model.base_model)))
+    event = context.instance.get_latest_materialization_event(BATCHES)
+    snapshot = event.asset_materialization.metadata["snapshot_path"].value
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + context.run_id[:8]
+    out = data_dir() / "models" / run_id
+    out.mkdir(parents=True)
+    (out / "run_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
+    cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--config", str(out / "run_config.json"),
+                                                "--output", str(out)])
+    context.log.info(" ".join(cmd))
+    started, records, error = datetime.now(timezone.utc).replace(tzinfo=None), [], None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        last_log = 0.0
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            if rec["event"] == "step":
+                records.append(rec)
+                if time.monotonic() - last_log > 10 or rec["step"] == rec["total"]:
+                    context.log.info(f"step {rec['step']}/{rec['total']} loss {rec['loss']:.4f} "
+                                     f"{rec['pairs_per_s']:.1f} pairs/s")
+                    last_log = time.monotonic()
+            elif rec["event"] == "error":
+                error = rec["message"]
+            elif rec["event"] == "done":
+                summary = rec
+    if proc.returncode != 0:
+        raise dg.Failure(description=f"the trainer exited with {proc.returncode}: {error or 'see the logs'}",
+                         metadata={"run_dir": str(out)})
+    finished = datetime.now(timezone.utc).replace(tzinfo=None)
+    row = pl.DataFrame([{"run_id": run_id, "model_path": summary["model_path"],
+                         "base_model": profile.model.base_model, "profile": profile.name, "steps": summary["steps"],
+                         "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
+                         "tokens_per_s": summary["tokens_per_s"], "snapshot": snapshot,
+                         "started_at": started, "finished_at": finished}])
+    with warehouse.connect() as con:
+        wh.write(con, "training", "embedder", row)
+        con.register("_run", row.to_arrow())
+        con.execute(f"create table if not exists {table('training', 'runs')} as select * from _run limit 0")
+        con.execute(f"insert into {table('training', 'runs')} by name select * from _run")
+        n_runs = wh.count(con, "training", "runs")
+    curve = plots.loss_curve([r["step"] for r in records], [r["loss"] for r in records])
+    yield dg.MaterializeResult(asset_key=EMBEDDER, metadata={
+        "model_path": dg.MetadataValue.path(summary["model_path"]), "steps": summary["steps"],
+        "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
+        "tokens_per_s": summary["tokens_per_s"], "loss_curve": dg.MetadataValue.md(curve),
+        "profile": profile.name, "snapshot": snapshot})
+    yield dg.MaterializeResult(asset_key=RUNS, metadata={"dagster/row_count": n_runs, "run_id": run_id})
+
+
+def build() -> tuple[list, list]:
+    return [embedder], []

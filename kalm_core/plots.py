@@ -1,0 +1,41 @@
+"""Small matplotlib figures as Markdown images (Dagster has no image metadata type: base64 PNG in Markdown)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _markdown(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def loss_curve(steps: list[int], losses: list[float]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(steps, losses, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE + MRL loss")
+    ax.grid(alpha=0.3)
+    return _markdown(fig)
+
+
+def score_vs_dim(series: dict[str, dict[int, float]], metric: str = "nDCG@10") -> str:
+    """series: role -> {dim: score}."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for role, points in sorted(series.items()):
+        dims = sorted(points)
+        ax.plot(dims, [points[d] for d in dims], marker="o", label=role)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("embedding dim (Matryoshka truncation)")
+    ax.set_ylabel(metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _markdown(fig)

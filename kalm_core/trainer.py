@@ -1,0 +1,228 @@
+"""Fine-tune the embedder with InfoNCE + Matryoshka over the batch snapshot (KaLM §3.3).
+
+Run by the training/embedder asset (assets/training.py), or by hand:
+
+    python -m kalm_core.trainer --snapshot data/snapshots/batches-<hash>.parquet --config run/train_config.json \
+        --output data/models/<run>
+    torchrun --nproc_per_node 8 -m kalm_core.trainer ...    # DDP: cross-device negatives, one global batch per step
+
+Each global batch of the snapshot is one optimisation step; device r takes rows [r*B, (r+1)*B) of it. Progress
+goes to stdout as JSON lines (and to <output>/train_log.jsonl); checkpoints every N steps let a killed run resume
+with the same per-step losses. The model is written as a sentence-transformers directory, <output>/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed as dist
+from transformers import get_linear_schedule_with_warmup
+
+from kalm_core import checkpoint
+from kalm_core.batch_data import BatchFileError, load_batches
+from kalm_core.config import ModelConfig, Profile, TrainConfig, bf16_supported, profile_from_dict
+from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
+from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
+from kalm_core.model import Embedder, ModelLoadError
+
+EXIT_NON_FINITE = 3
+EXIT_BAD_INPUT = 2
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# -- setup ----------------------------------------------------------------------------------------------------------
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); torchrun sets WORLD_SIZE, gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- model ----------------------------------------------------------------------------------------------------------
+def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, device: torch.device) -> Embedder:
+    embedder = Embedder.from_pretrained(mcfg, model_path)
+    embedder.tokenizer.padding_side = "right"  # pooling reads the mask; right padding everywhere
+    if tcfg.gradient_checkpointing:
+        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tcfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        embedder.model = get_peft_model(embedder.model, LoraConfig(r=tcfg.lora_rank, lora_alpha=2 * tcfg.lora_rank,
+                                                                   target_modules="all-linear", lora_dropout=0.0))
+    return embedder.to(device)
+
+
+def build_loss(tcfg: TrainConfig, hidden_size: int) -> MatryoshkaLoss:
+    """Validated before any step: dims within the hidden size, one weight per dim."""
+    return MatryoshkaLoss(InfoNCELoss(tcfg.temperature), tcfg.dims, tcfg.dim_weights, hidden_size=hidden_size)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def tokenize_batches(embedder: Embedder, batches, rank: int, world: int) -> list[tuple[list, list]]:
+    """Pre-tokenise this device's share of every global batch once: (query ids, passage ids) per step."""
+    tok, mcfg = embedder.tokenizer, embedder.config
+    out = []
+    for b in batches:
+        per = len(b.queries) // world
+        group = len(b.passages) // len(b.queries)
+        qs = b.queries[rank * per:(rank + 1) * per]
+        ps = b.passages[rank * per * group:(rank + 1) * per * group]
+        out.append((tok(qs, truncation=True, max_length=mcfg.query_max_len)["input_ids"],
+                    tok(ps, truncation=True, max_length=mcfg.passage_max_len)["input_ids"]))
+    return out
+
+
+# -- the loop -------------------------------------------------------------------------------------------------------
+def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path: str | None = None,
+          max_steps: int | None = None, log=print) -> dict:
+    rank, world, device = setup_distributed()
+    tcfg, mcfg = profile.train, profile.model
+    output = Path(output)
+    seed_everything(tcfg.seed)
+    batches = load_batches(snapshot, tcfg.group_size, world, mcfg.query_template)
+    embedder = build_model(mcfg, tcfg, model_path, device)
+    loss_fn = build_loss(tcfg, embedder.hidden_size)
+    steps = tokenize_batches(embedder, batches, rank, world) * tcfg.epochs
+    total = min(len(steps), max_steps or tcfg.max_steps or len(steps))
+    encoder = ChunkedEncoder(embedder)
+    if world > 1:
+        encoder = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=tcfg.lr,
+                                  weight_decay=tcfg.weight_decay)
+    # LR schedule: 1) linear warmup over warmup_ratio of the steps, 2) linear decay to 0 at the last step
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(tcfg.warmup_ratio * total), total)
+
+    ckpt_dir, losses, start = output / "checkpoints", [], 0
+    if (last := checkpoint.latest(ckpt_dir)) is not None:
+        start, losses = checkpoint.load(last, embedder, optimizer, scheduler)
+        log({"event": "resumed", "step": start, "checkpoint": str(last)})
+    log_path = output / "train_log.jsonl"
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        kept = [ln for ln in (log_path.read_text().splitlines() if log_path.exists() else [])
+                if json.loads(ln)["step"] <= start]  # a resumed run rewrites the steps after its checkpoint
+        log_path.write_text("".join(ln + "\n" for ln in kept))
+
+    use_bf16 = bf16_supported() if tcfg.bf16 is None else tcfg.bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    pad_id = embedder.tokenizer.pad_token_id
+    chunk = tcfg.grad_cache_chunk or tcfg.length_chunk
+    t0, pairs_done, tokens_done = time.perf_counter(), 0, 0
+    embedder.train()
+    for step in range(start, total):
+        q_ids, p_ids = steps[step]
+        q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device)
+        p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device)
+        with autocast:
+            if tcfg.grad_cache_chunk:
+                loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
+                                           loss_fn.compute_loss_from_embeddings, device,
+                                           getattr(encoder, "no_sync", None))
+            else:
+                q, p = encoder(q_chunks + p_chunks, _merge_orders(q_order, p_order)).split([len(q_ids), len(p_ids)])
+                loss = loss_fn.compute_loss_from_embeddings(q, p)
+        if not torch.isfinite(loss):
+            good = checkpoint.latest(ckpt_dir)
+            raise NonFiniteLoss(f"the loss is {loss.item()} at step {step + 1}; stopped without an update. "
+                                f"Last good checkpoint: {good or 'none yet'}. Lower the learning rate or check "
+                                f"the temperature ({tcfg.temperature}).")
+        if not tcfg.grad_cache_chunk:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(embedder.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        value = loss.item() / (world if world > 1 else 1)  # the loss is scaled by the world size for DDP
+        losses.append(value)
+        pairs_done += len(q_ids) * world
+        tokens_done += (q_tok + p_tok) * world
+        elapsed = time.perf_counter() - t0
+        record = {"event": "step", "step": step + 1, "total": total, "loss": value, "lr": scheduler.get_last_lr()[0],
+                  "pairs_per_s": pairs_done / elapsed, "tokens_per_s": tokens_done / elapsed}
+        if rank == 0:
+            log(record)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0 and step + 1 < total:
+                checkpoint.save(ckpt_dir, step + 1, embedder, optimizer, scheduler, losses)
+
+    summary = {"event": "done", "steps": total, "final_loss": losses[-1] if losses else None,
+               "pairs_per_s": pairs_done / max(time.perf_counter() - t0, 1e-9),
+               "tokens_per_s": tokens_done / max(time.perf_counter() - t0, 1e-9), "model_path": str(output / "model")}
+    if rank == 0:
+        if tcfg.lora_rank:
+            embedder.model = embedder.model.merge_and_unload()
+        instructions = Counter(pl.read_parquet(snapshot, columns=["instruction"])["instruction"].drop_nulls())
+        top = instructions.most_common(1)  # saved as the model's "query" prompt, so mteb and ST apply it
+        embedder.save(output / "model", query_instruction=top[0][0] if top else None)
+        (output / "train_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
+        log(summary)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _merge_orders(q_order: list[int], p_order: list[int]) -> list[int]:
+    """Orders of queries then passages as positions in one concatenated output."""
+    return q_order + [len(q_order) + i for i in p_order]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kalm_core.trainer", description=__doc__.splitlines()[0])
+    ap.add_argument("--snapshot", required=True, help="parquet batch snapshot (batched/batches export)")
+    ap.add_argument("--config", required=True, help="profile as JSON (written by the training asset)")
+    ap.add_argument("--output", required=True, help="run directory: model/, checkpoints/, train_log.jsonl")
+    ap.add_argument("--model-path", help="start from this model instead of the profile's base model")
+    ap.add_argument("--max-steps", type=int)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
+    profile = profile_from_dict(json.loads(Path(args.config).read_text()))
+
+    def log(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+
+    try:
+        train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log)
+    except (BatchFileError, ModelLoadError, ValueError) as e:
+        print(json.dumps({"event": "error", "message": str(e)}), flush=True)
+        print(f"kalm trainer: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLoss as e:
+        print(json.dumps({"event": "error", "message": str(e)}), flush=True)
+        print(f"kalm trainer: {e}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
