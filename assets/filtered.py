@@ -1,6 +1,7 @@
 """Layer filtered: one filtered/<source> per training source (ranking consistency + hard negatives)."""
 
 import dagster as dg
+import polars as pl
 
 from assets.common import table_metadata
 from dagster_project.resources import SettingsResource, WarehouseResource
@@ -68,6 +69,36 @@ def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
     return _kept_some
 
 
+@dg.asset(key=["filtered", "synthetic"], deps=[dg.AssetKey(["synthetic", "examples"])], group_name="filtered",
+          kinds={"duckdb", "pytorch"}, code_version=FILTER_CODE_VERSION,
+          description="The synthetic examples through the same filter; each task type ranks against its own corpus.")
+def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                       settings: SettingsResource) -> dg.MaterializeResult:
+    profile = get_profile(settings.profile)
+    with warehouse.connect() as con:
+        pairs = con.sql(f"select * from {table('synthetic', 'examples')} order by row_number").pl()
+    if pairs.is_empty():
+        out = pairs.with_columns(pos_rank=pl.lit(None, pl.Int64), pos_score=pl.lit(None, pl.Float32),
+                                 kept=pl.lit(None, pl.Boolean), reason=pl.lit(None, pl.Utf8),
+                                 n_given_negatives=pl.lit(None, pl.Int32), n_mined_negatives=pl.lit(None, pl.Int32),
+                                 n_filled_negatives=pl.lit(None, pl.Int32), is_filled=pl.lit(None, pl.Boolean))
+        stats = {}
+    else:
+        model = resolve_model_path(profile.filter.model or profile.model.base_model)
+        encoder = CachedEncoder.load(model, profile.model, data_dir() / "embedding_cache")
+        parts, stats = [], {}
+        for (task,), group in pairs.group_by("synthetic_task", maintain_order=True):
+            out_g, st = filter_source(group, encoder, profile.filter)
+            parts.append(out_g)
+            stats[task] = {"pairs": st.pairs, "kept": st.kept, "median_pos_rank": st.median_pos_rank}
+        out = pl.concat(parts)
+    with warehouse.connect() as con:
+        wh.write(con, "filtered", "synthetic", out)
+        meta = table_metadata(con, "filtered", "synthetic", per_task_type=dg.MetadataValue.json(stats))
+    return dg.MaterializeResult(metadata=meta)
+
+
 def build(catalog: Catalog) -> tuple[list, list]:
     sources = [s for s in catalog.sources if not s.held_out]  # the evaluation split is never filtered
-    return [build_filtered_asset(s) for s in sources], [build_filtered_check(s) for s in sources]
+    return ([*(build_filtered_asset(s) for s in sources), filtered_synthetic],
+            [build_filtered_check(s) for s in sources])

@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from assets import batched, evaluation, filtered, marts, raw, staged, training
+from assets import batched, evaluation, filtered, marts, raw, staged, synthetic, training
 from dagster_project import automation
 from dagster_project.progress import progress_logger, quiet_logger
 from dagster_project.resources import SettingsResource, WarehouseResource
@@ -22,19 +22,21 @@ def build_defs(catalog_path: str | None = None, warehouse: str | None = None,
                profile: str | None = None) -> dg.Definitions:
     catalog = load_catalog(catalog_path)
     built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
-             "filtered": [s.name for s in catalog.sources if not s.held_out]}
+             "filtered": [s.name for s in catalog.sources if not s.held_out] + ["synthetic"]}
     staged_assets, staged_checks = staged.build(catalog)
     filtered_assets, filtered_checks = filtered.build(catalog)
     sql_assets, sql_checks = marts.build(built)
     batched_assets, batched_checks = batched.build()
+    synthetic_assets, synthetic_checks = synthetic.build()
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()
-    assets = [*raw.build(catalog), *staged_assets, *filtered_assets, *sql_assets, *batched_assets,
-              *training_assets, *eval_assets]
+    assets = [*raw.build(catalog), *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
+              *batched_assets, *training_assets, *eval_assets]
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*staged_checks, *filtered_checks, *sql_checks, *batched_checks, *eval_checks],
+        asset_checks=[*staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
+                      *eval_checks],
         jobs=automation.jobs(layers),
         resources={
             "warehouse": WarehouseResource(path=str(warehouse_path(warehouse).resolve())),

@@ -29,6 +29,8 @@ class _ProgressHandler(logging.Handler):
         if event is None:
             if record.levelno >= logging.ERROR:
                 print(f"  error: {record.getMessage().splitlines()[0]}", file=sys.stderr, flush=True)
+            elif record.levelno >= logging.INFO:  # an asset's own context.log lines (training progress, counts)
+                print(f"        {record.getMessage().split(' - ')[-1]}", flush=True)
             return
         kind = event.event_type_value
         if kind in _SHOWN:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kalm_core.identifiers import check_identifier
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "sources.yaml"
+DEFAULT_PERSONAS = DEFAULT_CATALOG.parent / "personas.jsonl"
 TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking")
 
 
@@ -88,9 +89,19 @@ class Source(BaseModel):
         return str((base_dir / u).resolve())
 
 
+class Personas(BaseModel):
+    """Where the synthesis personas come from: the shipped file, or e.g. hf://datasets/proj-persona/PersonaHub/..."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str | None = None  # None: the shipped catalog/personas.jsonl
+    column: str = "persona"
+    max_rows: int | None = Field(default=None, gt=0)
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: list[Source]
+    personas: Personas = Field(default_factory=Personas)
     path: Path = Path(".")
 
     @model_validator(mode="after")

@@ -70,8 +70,14 @@ def seed_everything(seed: int) -> None:
 def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, device: torch.device) -> Embedder:
     embedder = Embedder.from_pretrained(mcfg, model_path)
     embedder.tokenizer.padding_side = "right"  # pooling reads the mask; right padding everywhere
+    for name, param in embedder.model.named_parameters():
+        if name.startswith("pooler."):  # BERT's pooler output is never used: frozen, so DDP expects no gradient
+            param.requires_grad_(False)
     if tcfg.gradient_checkpointing:
-        embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(embedder.model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+            embedder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if tcfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from kalm_core import warehouse
-from kalm_core.config import PROFILES, BatchConfig, FilterConfig, Profile
+from kalm_core.config import PROFILES, BatchConfig, EvalConfig, FilterConfig, Profile, TrainConfig
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -60,7 +61,17 @@ TINY = Profile(
     name="tiny",
     filter=FilterConfig(n_negatives=1, batch_size=8),
     batch=BatchConfig(per_device_batch=2, group_by="source"),
+    train=TrainConfig(group_size=2, dims=(384, 64), dim_weights=(1.0, 0.3), max_steps=2, checkpoint_every=0,
+                      lr=1e-5),
+    eval=EvalConfig(mteb_tasks=("SciFact",)),
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    """Tests never reach the Hugging Face hub: real MTEB tasks report themselves skipped."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 @pytest.fixture
@@ -80,3 +91,36 @@ def con(tmp_path: Path):
     c = warehouse.connect(tmp_path / "unit.duckdb")
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    from tests.models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory) -> Path:
+    from tests.models import tiny_qwen2
+
+    return tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+def batch_snapshot(path: Path, n_batches: int = 6, batch: int = 4, negatives: int = 3, seed: int = 0) -> Path:
+    """A valid training snapshot of distinct docstring-like texts."""
+    import random
+
+    from tests.models import WORDS
+
+    rng = random.Random(seed)
+    rows = []
+    for b in range(n_batches):
+        for p in range(batch):
+            k = b * batch + p
+            words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+            rows.append({"batch_id": b, "position": p, "query": f"q{k} {words(5)}", "instruction": "Find the docs",
+                         "positive": f"p{k} {words(20)}", "negatives": [f"n{k}.{j} {words(15)}" for j in range(negatives)],
+                         "task_type": "retrieval"})
+    pl.DataFrame(rows).write_parquet(path)
+    return path

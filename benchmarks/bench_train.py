@@ -1,0 +1,82 @@
+"""Benchmark: our trainer vs sentence-transformers' trainer, same model, dims, batch, data and steps, same run.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 8] [--batch 32]
+
+Both train MiniLM with InfoNCE/MNRL inside Matryoshka (384/256/128/64, weights 1/0.3/0.2/0.1) on real docstring
+pairs with one hard negative each, at the same precision. Last line:
+`RATIO train pairs/s ours/sentence-transformers = X.XX` (goal >= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import docstring_rows, write_snapshot  # noqa: E402
+from kalm_core.config import PROFILES, bf16_supported, resolve_model_path  # noqa: E402
+from kalm_core.trainer import train  # noqa: E402
+
+DIMS, WEIGHTS = (384, 256, 128, 64), (1.0, 0.3, 0.2, 0.1)
+
+
+def ours(snapshot: Path, steps: int, bf16: bool, out: Path) -> float:
+    demo = PROFILES["demo"]
+    profile = replace(demo, model=replace(demo.model, base_model=resolve_model_path(demo.model.base_model)),
+                      train=replace(demo.train, group_size=2, dims=DIMS, dim_weights=WEIGHTS, max_steps=steps,
+                                    bf16=bf16, checkpoint_every=0, warmup_ratio=0.0))
+    records = []
+    train(profile, snapshot, out, log=records.append)
+    step_records = [r for r in records if r["event"] == "step"]
+    return step_records[-1]["pairs_per_s"]
+
+
+def sentence_transformers(rows, steps: int, batch: int, bf16: bool, out: Path) -> float:
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(resolve_model_path(PROFILES["demo"].model.base_model), device="cpu")
+    model.max_seq_length = PROFILES["demo"].model.passage_max_len
+    data = Dataset.from_dict({"anchor": rows["query"].to_list(), "positive": rows["positive"].to_list(),
+                              "negative": [n[0] for n in rows["negatives"].to_list()]})
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), DIMS, list(WEIGHTS))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=5e-5,
+        warmup_steps=0, logging_steps=1000, save_strategy="no", report_to=[], bf16=bf16, use_cpu=True,
+        dataloader_drop_last=True, seed=0)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    t = time.perf_counter()
+    trainer.train()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    bf16 = bf16_supported()
+    rows = docstring_rows(args.steps * args.batch, args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        snap = write_snapshot(rows, Path(tmp) / "batches.parquet")
+        ours_ps = ours(snap, args.steps, bf16, Path(tmp) / "ours")
+        st_ps = sentence_transformers(rows, args.steps, args.batch, bf16, Path(tmp) / "st")
+    print(json.dumps({"steps": args.steps, "batch": args.batch, "bf16": bf16, "group_size": 2}))
+    print(f"ours                 : {ours_ps:6.2f} pairs/s")
+    print(f"sentence-transformers: {st_ps:6.2f} pairs/s")
+    print(f"RATIO train pairs/s ours/sentence-transformers = {ours_ps / st_ps:.2f}")
+
+
+if __name__ == "__main__":
+    main()

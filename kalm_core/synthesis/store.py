@@ -1,0 +1,52 @@
+"""synthetic.generations: every LLM answer, keyed by its request hash, committed as it arrives.
+
+A rerun skips every key answered before, so a crash never throws away finished work and no prompt is paid for
+twice; a failed request is stored too and retried by the next run (its row replaced, never duplicated).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from kalm_core.identifiers import table
+from kalm_core.synthesis.backends import ChatResult
+
+DDL = f"""create table if not exists {table('synthetic', 'generations')} (
+    key varchar primary key, stage varchar, task_type varchar, persona_id varchar, instruction varchar,
+    model varchar, params varchar, messages varchar, response varchar, error varchar, status varchar,
+    prompt_tokens bigint, completion_tokens bigint, latency_s double, created_at timestamp)"""
+
+
+class GenerationStore:
+    def __init__(self, con, commit_every: int = 8, commit_seconds: float = 1.0):
+        self.con = con
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
+        self.buffer: list[tuple] = []
+        self.last_commit = time.monotonic()
+        con.execute(DDL)
+
+    def done_keys(self, stage: str) -> set[str]:
+        rows = self.con.execute(f"select key from {table('synthetic', 'generations')} where stage = ? and status = 'ok'",
+                                [stage]).fetchall()
+        return {k for (k,) in rows}
+
+    def add(self, stage: str, model: str, result: ChatResult) -> None:
+        m = result.request.meta
+        self.buffer.append((
+            result.key, stage, m.get("task_type"), m.get("persona_id"), m.get("instruction"), model,
+            json.dumps(m.get("params", {})), json.dumps(result.request.messages), result.text, result.error,
+            "ok" if result.error is None else "failed", result.prompt_tokens, result.completion_tokens,
+            result.latency_s, datetime.now(timezone.utc).replace(tzinfo=None)))
+        if len(self.buffer) >= self.commit_every or time.monotonic() - self.last_commit >= self.commit_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        self.con.executemany(
+            f"insert or replace into {table('synthetic', 'generations')} values "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.buffer)
+        self.buffer.clear()
+        self.last_commit = time.monotonic()

@@ -1,0 +1,125 @@
+"""The trainer: bad input refused before training, resume after kill -9, non-finite loss, a Qwen2 decoder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from kalm_core.config import PROFILES, ModelConfig, Profile, TrainConfig
+from kalm_core.model import Embedder
+from kalm_core.trainer import EXIT_BAD_INPUT, EXIT_NON_FINITE, main
+from tests.conftest import batch_snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config(tmp_path, model_dir, **train) -> Path:
+    settings = {"group_size": 4, "dims": (32, 16), "dim_weights": (1.0, 0.3), "lr": 1e-3, "checkpoint_every": 2,
+                "bf16": False, "length_chunk": 4, **train}
+    tcfg = TrainConfig(**settings)
+    profile = Profile(name="test", model=ModelConfig(base_model=str(model_dir), query_max_len=16,
+                                                     passage_max_len=32), train=tcfg)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(asdict(profile), default=list))
+    return path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_bad_input_is_refused_before_training(tmp_path, tiny_bert_dir, capsys):
+    snap = batch_snapshot(tmp_path / "ok.parquet")
+    cfg = config(tmp_path, tiny_bert_dir)
+    out = tmp_path / "out"
+    cases = {
+        "does not exist or holds no config.json": ["--snapshot", snap, "--config", cfg, "--output", out,
+                                                   "--model-path", tmp_path / "missing-model"],
+        "batch file .* does not exist": ["--snapshot", tmp_path / "none.parquet", "--config", cfg, "--output", out],
+    }
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    cases["not a readable parquet file"] = ["--snapshot", tmp_path / "bad.parquet", "--config", cfg, "--output", out]
+    pl.read_parquet(snap).head(0).write_parquet(tmp_path / "empty.parquet")
+    cases["holds no rows"] = ["--snapshot", tmp_path / "empty.parquet", "--config", cfg, "--output", out]
+    dup = pl.read_parquet(snap).with_columns(pl.lit("the same passage").alias("positive"))
+    dup.write_parquet(tmp_path / "dup.parquet")
+    cases["same positive passage twice"] = ["--snapshot", tmp_path / "dup.parquet", "--config", cfg, "--output", out]
+    for message, args in cases.items():
+        code, text = run(args, capsys)
+        assert code == EXIT_BAD_INPUT and __import__("re").search(message, text), (message, text)
+
+    big = config(tmp_path, tiny_bert_dir, dims=(64, 16), dim_weights=(1.0, 0.3))
+    code, text = run(["--snapshot", snap, "--config", big, "--output", out], capsys)
+    assert code == EXIT_BAD_INPUT and "larger than the model's hidden size 32" in text
+    short = config(tmp_path, tiny_bert_dir, dims=(32, 16), dim_weights=(1.0,))
+    code, text = run(["--snapshot", snap, "--config", short, "--output", out], capsys)
+    assert code == EXIT_BAD_INPUT and "one weight per dim" in text
+    assert not (out / "model").exists() and not (out / "checkpoints").exists()
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_kill_gives_the_same_losses(tmp_path, tiny_bert_dir):
+    snap = batch_snapshot(tmp_path / "b.parquet", n_batches=8)
+    cfg = config(tmp_path, tiny_bert_dir)
+    cmd = [sys.executable, "-m", "kalm_core.trainer", "--snapshot", str(snap), "--config", str(cfg)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + ["--output", str(straight)], check=True, env=env, cwd=ROOT, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--output", str(killed)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout:
+        if '"step": 5,' in line:  # checkpoint at 4 exists, step 5 done and logged
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "model").exists()
+    resumed = subprocess.run(cmd + ["--output", str(killed)], check=True, env=env, cwd=ROOT, capture_output=True,
+                             text=True)
+    assert '"event": "resumed", "step": 4' in resumed.stdout
+    a, b = _losses(straight), _losses(killed)
+    assert len(a) == len(b) == 8
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6, (a, b)
+    assert (killed / "model" / "modules.json").exists()
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_bert_dir, capsys):
+    snap = batch_snapshot(tmp_path / "b.parquet")
+    cfg = config(tmp_path, tiny_bert_dir, temperature=1e-45)  # logits overflow to inf: the loss is nan
+    code, text = run(["--snapshot", snap, "--config", cfg, "--output", tmp_path / "out"], capsys)
+    assert code == EXIT_NON_FINITE and "the loss is nan at step 1" in text and "Last good checkpoint" in text
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_kalm_mini_recipe_on_a_tiny_qwen2(tmp_path, tiny_qwen2_dir, capsys):
+    mini = PROFILES["kalm-mini"]
+    profile = replace(mini, model=replace(mini.model, base_model=str(tiny_qwen2_dir), query_max_len=32,
+                                          passage_max_len=32),
+                      train=replace(mini.train, dims=(64, 32, 16, 8, 4), checkpoint_every=0))
+    assert (profile.train.temperature, profile.train.group_size, profile.model.pooling) == (0.01, 8, "mean")
+    assert profile.train.bf16 and profile.train.gradient_checkpointing
+    cfg = tmp_path / "mini.json"
+    cfg.write_text(json.dumps(asdict(profile), default=list))
+    snap = batch_snapshot(tmp_path / "b.parquet", n_batches=2, negatives=7)
+    code, text = run(["--snapshot", snap, "--config", cfg, "--output", tmp_path / "out", "--max-steps", 2], capsys)
+    assert code == 0, text
+    steps = [json.loads(x) for x in text.splitlines() if x.startswith('{"event": "step"')]
+    assert len(steps) == 2 and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
+    model_dir = tmp_path / "out" / "model"
+    reloaded = Embedder.from_pretrained(profile.model, str(model_dir))
+    ours = reloaded.encode(["sort a list", "open a file"])
+    st = SentenceTransformer(str(model_dir), device="cpu").encode(["sort a list", "open a file"])
+    assert ours.shape == (2, 64) and abs(ours - st).max() <= 1e-5
