@@ -48,7 +48,8 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     runner.observe_sources(defs, inst)
     stale = _keys(runner.stale_keys(defs, inst))
     tail = {"marts/training_pairs", "marts/eval_pairs", "marts/filter_report", "marts/negatives_report",
-            "batched/batches", "batched/batch_purity"}
+            "batched/batches", "batched/batch_purity", "training/embedder", "training/runs",
+            "evaluation/mteb_results"}
     assert stale == {"raw/beta", "staged/beta", "filtered/beta"} | tail
 
     assert main(["run", "--stale"]) == 0
@@ -110,3 +111,27 @@ def test_a_rebuild_reencodes_nothing_it_has_seen(env, capsys):
     assert main(["run", "--select", "key:filtered/alpha"]) == 0
     again = inst.get_latest_materialization_event(K(["filtered", "alpha"])).asset_materialization.metadata
     assert again["texts_encoded"].value == 0 and again["kept"].value == first["kept"].value
+
+
+def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, monkeypatch):
+    for var in ("KALM_LLM_BASE_URL", "KALM_LLM_MODEL", "KALM_LLM_BACKEND"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["run"]) == 0
+    defs, inst = build_defs(), runner.instance()
+    with warehouse.connect(read_only=True) as con:
+        assert warehouse.count(con, "synthetic", "examples") == 0 and warehouse.count(con, "filtered", "synthetic") == 0
+        run = con.sql("select * from training.runs").pl()
+        n_batches = con.execute("select count(distinct batch_id) from batched.batches").fetchall()[0][0]
+        assert run.height == 1 and run["steps"][0] == min(2, n_batches) >= 1 and run["final_loss"][0] > 0
+        results = con.sql("select * from evaluation.mteb_results where metric = 'ndcg_at_10'").pl()
+        skipped = con.sql("select * from evaluation.skipped_tasks").pl()
+    assert sorted(set(zip(results["role"], results["dim"]))) == [("base", 64), ("base", 384), ("trained", 64),
+                                                                 ("trained", 384)]
+    assert set(results["task_name"]) == {"KalmHeldOut"} and results["score"].is_between(0, 1).all()
+    assert skipped["task_name"].to_list() == ["SciFact"] and "HF_HUB_OFFLINE" in skipped["reason"][0]
+    examples = inst.get_latest_materialization_event(K(["synthetic", "examples"])).asset_materialization.metadata
+    assert "KALM_LLM_BASE_URL" in examples["how_to_enable"].value
+    trained = inst.get_latest_materialization_event(K(["training", "embedder"])).asset_materialization.metadata
+    assert trained["loss_curve"].value.startswith("![plot](data:image/png;base64,")
+    evaluated = inst.get_latest_materialization_event(K(["evaluation", "mteb_results"])).asset_materialization.metadata
+    assert "score_vs_dim" in evaluated and "trained_minus_base_full_dim" in evaluated
