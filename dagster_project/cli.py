@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-model "Loading weights" bars drown the step progress
+    import datasets
+
+    datasets.disable_progress_bars()  # mteb's per-split "Standardizing" bars, likewise
     _apply_env(args)
     try:
         return args.fn(args)

@@ -33,6 +33,9 @@ class ModelConfig:
     normalize: bool = True
     query_max_len: int = 64
     passage_max_len: int = 128
+    # "pca": an orthogonal projection after pooling, initialised to the principal axes of the base model's embeddings
+    # of the training texts, so Matryoshka truncation keeps the highest-variance directions (docs/DESIGN.md)
+    projection: str | None = None
     # KaLM's query template; the spaces around \n are the official code's.
     query_template: str = "Instruct: {instruction} \n Query: {query}"
 
@@ -111,10 +114,11 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo",
+        model=ModelConfig(projection="pca"),
         filter=FilterConfig(n_negatives=3),
         batch=BatchConfig(per_device_batch=32, group_by="source"),  # every docstring source is one task type
-        # CPU budget: 1 hard negative per query and 80 steps of 32 pairs (about 5 minutes on 2 cores)
-        train=TrainConfig(group_size=2, temperature=0.05, lr=5e-5, max_steps=80, length_chunk=8),
+        # CPU budget: 1 hard negative per query and 120 steps of 32 pairs (about 7 minutes on 2 cores)
+        train=TrainConfig(group_size=2, temperature=0.05, lr=5e-5, max_steps=120, length_chunk=8),
     ),
     "kalm-mini": Profile(
         name="kalm-mini",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +51,12 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, left_padded: bool 
 class Embedder(torch.nn.Module):
     """Texts -> embeddings. `forward` keeps gradients (training); `encode` is batched no-grad inference."""
 
-    def __init__(self, model, tokenizer, config: ModelConfig):
+    def __init__(self, model, tokenizer, config: ModelConfig, projection: torch.nn.Linear | None = None):
         super().__init__()
         if config.pooling not in POOLINGS:
             raise ValueError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.projection = projection  # (H -> H) linear map after pooling, saved as a sentence-transformers Dense
         if self.tokenizer.pad_token is None:  # decoders (Qwen2) ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -71,7 +72,7 @@ class Embedder(torch.nn.Module):
             model = AutoModel.from_pretrained(path, **model_kwargs)
         except OSError as e:
             raise ModelLoadError(f"cannot load model {path!r}: {e}") from None
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, _load_dense(path))
 
     @property
     def hidden_size(self) -> int:
@@ -88,8 +89,25 @@ class Embedder(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, H) pooled (and normalised) embeddings."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        emb = pool(hidden, attention_mask, self.config.pooling, self.tokenizer.padding_side == "left")
+        emb = pool(hidden, attention_mask, self.config.pooling, self.tokenizer.padding_side == "left")  # (B, H)
+        if self.projection is not None:
+            emb = self.projection(emb.to(self.projection.weight.dtype))  # (B, H) -> (B, H)
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    @torch.no_grad()
+    def init_pca_projection(self, texts: list[str], batch_size: int = 64) -> None:
+        """Add an orthogonal projection whose rows are the principal axes of these texts' embeddings, largest
+        variance first. Full-dim cosine similarities are unchanged; truncated (Matryoshka) dims keep the most
+        information."""
+        self.projection = None
+        saved = self.config.normalize
+        self.config = replace(self.config, normalize=False)
+        x = torch.from_numpy(self.encode(texts, batch_size=batch_size)).double()  # (N, H)
+        self.config = replace(self.config, normalize=saved)
+        _, _, vt = torch.linalg.svd(x - x.mean(0), full_matrices=True)  # rows of vt: principal axes
+        layer = torch.nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+        layer.weight.copy_(vt.float())  # y = V^T x
+        self.projection = layer.to(self.device)
 
     def count_truncated(self, texts: list[str], max_len: int) -> int:
         """How many texts are longer than max_len tokens (and so get truncated)."""
@@ -133,10 +151,14 @@ class Embedder(torch.nn.Module):
         self.tokenizer.save_pretrained(path)
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.projection is not None:
+            _save_dense(self.projection, path / "2_Dense")
+            modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
         if self.config.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+            n = len(modules)
+            modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
                             "type": "sentence_transformers.models.Normalize"})
-            (path / "2_Normalize").mkdir(exist_ok=True)
+            (path / f"{n}_Normalize").mkdir(exist_ok=True)
         (path / "1_Pooling").mkdir(exist_ok=True)
         pooling = {"word_embedding_dimension": self.hidden_size,
                    "pooling_mode_cls_token": self.config.pooling == "cls",
@@ -153,6 +175,31 @@ class Embedder(torch.nn.Module):
               {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
         _dump(path / "kalm_model_config.json", asdict(self.config))
         return path
+
+
+def _save_dense(layer: torch.nn.Linear, path: Path) -> None:
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    dense = Dense(layer.in_features, layer.out_features, bias=False, activation_function=torch.nn.Identity())
+    dense.linear.weight.data.copy_(layer.weight.detach().float().cpu())
+    path.mkdir(parents=True, exist_ok=True)
+    dense.save(str(path))
+
+
+def _load_dense(path: str) -> torch.nn.Linear | None:
+    """The projection of a model saved by `save` (a sentence-transformers Dense module), if it has one."""
+    modules = Path(path) / "modules.json"
+    if not modules.exists():
+        return None
+    dense = [m for m in json.loads(modules.read_text()) if m["type"].endswith("Dense")]
+    if not dense:
+        return None
+    from safetensors.torch import load_file
+
+    weight = load_file(str(Path(path) / dense[0]["path"] / "model.safetensors"))["linear.weight"]
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    layer.weight.data.copy_(weight)
+    return layer
 
 
 def _dump(path: Path, obj) -> None:

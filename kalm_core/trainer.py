@@ -116,6 +116,12 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     batches = load_batches(snapshot, tcfg.group_size, world, mcfg.query_template)
     embedder = build_model(mcfg, tcfg, model_path, device)
     loss_fn = build_loss(tcfg, embedder.hidden_size)
+    if mcfg.projection == "pca" and embedder.projection is None:
+        sample = [t for b in batches for t in (*b.queries, *b.passages)]
+        sample = [sample[i] for i in np.random.default_rng(tcfg.seed).permutation(len(sample))[:4096]]
+        embedder.init_pca_projection(sample)  # same seed and texts on every rank: identical initial weights
+    elif mcfg.projection not in (None, "pca"):
+        raise ValueError(f"projection {mcfg.projection!r} is not one of None, 'pca'")
     steps = tokenize_batches(embedder, batches, rank, world) * tcfg.epochs
     total = min(len(steps), max_steps or tcfg.max_steps or len(steps))
     encoder = ChunkedEncoder(embedder)
