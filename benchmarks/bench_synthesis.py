@@ -9,6 +9,7 @@ Ideal at concurrency 32 is 32 / latency. Last line: `RATIO synthesis concurrency
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import sys
 import tempfile
 from pathlib import Path
@@ -36,14 +37,29 @@ def measure(url: str, concurrency: int, n: int, tmp: Path) -> float:
     return stats.requests_per_s
 
 
+def serve(latency: float, urls: mp.Queue, stop: mp.Event) -> None:
+    """The server lives in its own process, as a real LLM server would: it must not share the client's GIL."""
+    with ScriptedLLM(latency=latency) as server:
+        urls.put(server.url)
+        stop.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--requests", type=int, default=320)
     args = ap.parse_args()
-    with ScriptedLLM(latency=args.latency) as server, tempfile.TemporaryDirectory() as tmp:
-        one = measure(server.url, 1, 10, Path(tmp))
-        many = measure(server.url, 32, args.requests, Path(tmp))
+    urls, stop = mp.Queue(), mp.Event()
+    proc = mp.Process(target=serve, args=(args.latency, urls, stop), daemon=True)
+    proc.start()
+    url = urls.get(timeout=30)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            one = measure(url, 1, 10, Path(tmp))
+            many = measure(url, 32, args.requests, Path(tmp))
+    finally:
+        stop.set()
+        proc.join(timeout=10)
     ideal = 32 / args.latency
     print(f"latency {args.latency * 1000:.0f} ms: concurrency 1 {one:6.1f} req/s (ideal {1 / args.latency:.1f}), "
           f"concurrency 32 {many:6.1f} req/s (ideal {ideal:.1f})")

@@ -10,6 +10,8 @@ import json
 import time
 from datetime import datetime, timezone
 
+import polars as pl
+
 from kalm_core.identifiers import table
 from kalm_core.synthesis.backends import ChatResult
 
@@ -17,6 +19,12 @@ DDL = f"""create table if not exists {table('synthetic', 'generations')} (
     key varchar primary key, stage varchar, task_type varchar, persona_id varchar, instruction varchar,
     model varchar, params varchar, messages varchar, response varchar, error varchar, status varchar,
     prompt_tokens bigint, completion_tokens bigint, latency_s double, created_at timestamp)"""
+
+
+SCHEMA = {"key": pl.Utf8, "stage": pl.Utf8, "task_type": pl.Utf8, "persona_id": pl.Utf8, "instruction": pl.Utf8,
+          "model": pl.Utf8, "params": pl.Utf8, "messages": pl.Utf8, "response": pl.Utf8, "error": pl.Utf8,
+          "status": pl.Utf8, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "latency_s": pl.Float64,
+          "created_at": pl.Datetime("us")}
 
 
 class GenerationStore:
@@ -43,10 +51,15 @@ class GenerationStore:
             self.flush()
 
     def flush(self) -> None:
+        """Commit the buffered answers in one statement (an Arrow batch: far cheaper than executemany)."""
         if not self.buffer:
             return
-        self.con.executemany(
-            f"insert or replace into {table('synthetic', 'generations')} values "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.buffer)
+        frame = pl.DataFrame(self.buffer, schema=SCHEMA, orient="row")
+        self.con.register("_kalm_generations", frame.to_arrow())
+        try:
+            self.con.execute(f"insert or replace into {table('synthetic', 'generations')} "
+                             "select * from _kalm_generations")
+        finally:
+            self.con.unregister("_kalm_generations")
         self.buffer.clear()
         self.last_commit = time.monotonic()
