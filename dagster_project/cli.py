@@ -74,7 +74,8 @@ def cmd_ui(args) -> int:
     from dagster_project import runner
 
     runner.instance()  # sets DAGSTER_HOME beside the warehouse, so the UI shows `kalm run`'s history
-    cmd = ["dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(args.port)]
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
+           "-p", str(args.port)]
     return subprocess.call(cmd)
 
 
