@@ -105,7 +105,7 @@ def test_a_source_filtered_to_nothing_fails_its_check_by_name(env, capsys, monke
 
 def test_a_rebuild_reencodes_nothing_it_has_seen(env, capsys):
     assert main(["run"]) == 0
-    defs, inst = build_defs(), runner.instance()
+    inst = runner.instance()
     first = inst.get_latest_materialization_event(K(["filtered", "alpha"])).asset_materialization.metadata
     assert first["texts_encoded"].value > 0
     assert main(["run", "--select", "key:filtered/alpha"]) == 0
@@ -117,7 +117,7 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
     for var in ("KALM_LLM_BASE_URL", "KALM_LLM_MODEL", "KALM_LLM_BACKEND"):
         monkeypatch.delenv(var, raising=False)
     assert main(["run"]) == 0
-    defs, inst = build_defs(), runner.instance()
+    inst = runner.instance()
     with warehouse.connect(read_only=True) as con:
         assert warehouse.count(con, "synthetic", "examples") == 0 and warehouse.count(con, "filtered", "synthetic") == 0
         run = con.sql("select * from training.runs").pl()

@@ -9,7 +9,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import polars as pl
-import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
