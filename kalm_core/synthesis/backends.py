@@ -21,6 +21,7 @@ class ChatRequest:
     max_tokens: int = 2048
     seed: int = 0
     json_mode: bool = True
+    schema: dict | None = field(default=None, compare=False, hash=False)  # JSON schema of the answer, if any
     meta: dict = field(default_factory=dict, compare=False, hash=False)  # lineage, never part of the key
 
     def key(self, model: str) -> str:
@@ -61,11 +62,14 @@ class BackendConfig:
     concurrency: int = 32
     timeout_s: float = 120.0
     max_retries: int = 3
+    # "json_object" (JSON mode), "json_schema" (structured outputs: vLLM, SGLang and OpenAI support it) or "none"
+    response_format: str = "json_object"
 
     @classmethod
     def from_env(cls, **overrides) -> "BackendConfig":
         base_url = os.environ.get("KALM_LLM_BASE_URL")
         kind = os.environ.get("KALM_LLM_BACKEND") or ("openai" if base_url else None)
+        overrides.setdefault("response_format", os.environ.get("KALM_LLM_RESPONSE_FORMAT", "json_object"))
         return cls(kind=kind, model=os.environ.get("KALM_LLM_MODEL"), base_url=base_url,
                    api_key=os.environ.get("KALM_LLM_API_KEY"), **overrides)
 
@@ -75,8 +79,8 @@ class BackendConfig:
 
     def describe(self) -> dict:
         """Safe to log: no key."""
-        return {"backend": self.kind, "model": self.model, "base_url": self.base_url,
-                "concurrency": self.concurrency, "timeout_s": self.timeout_s, "max_retries": self.max_retries}
+        return {"backend": self.kind, "model": self.model, "base_url": self.base_url, "concurrency": self.concurrency,
+                "timeout_s": self.timeout_s, "max_retries": self.max_retries, "response_format": self.response_format}
 
 
 class OpenAICompatible:
@@ -92,12 +96,20 @@ class OpenAICompatible:
                              "max_retries": cfg.max_retries}
         self._client_cls = AsyncOpenAI
 
+    def _response_format(self, req: ChatRequest) -> dict:
+        if self.cfg.response_format == "json_schema" and req.schema is not None:
+            return {"type": "json_schema", "json_schema": {"name": "example", "schema": req.schema, "strict": True}}
+        if self.cfg.response_format in ("json_object", "json_schema"):
+            return {"type": "json_object"}
+        raise ValueError(f"response_format {self.cfg.response_format!r}: use json_object, json_schema or none")
+
     async def _one(self, client, sem: asyncio.Semaphore, req: ChatRequest) -> ChatResult:
         key = req.key(self.model)
         async with sem:
             t = time.perf_counter()
             try:
-                extra = {"response_format": {"type": "json_object"}} if req.json_mode else {}
+                extra = {"response_format": self._response_format(req)} if req.json_mode and \
+                    self.cfg.response_format != "none" else {}
                 resp = await client.chat.completions.create(
                     model=self.model, messages=req.openai_messages(), temperature=req.temperature, top_p=req.top_p,
                     max_tokens=req.max_tokens, seed=req.seed, **extra)

@@ -18,7 +18,7 @@ import polars as pl
 
 from kalm_core.synthesis.backends import Backend, ChatRequest, ChatResult
 from kalm_core.synthesis.store import GenerationStore
-from kalm_core.synthesis.tasks import RETRIEVAL_TYPES, SPECS, brainstorm_prompt, generation_prompt
+from kalm_core.synthesis.tasks import RETRIEVAL_TYPES, SPECS, brainstorm_prompt, generation_prompt, json_schema
 from kalm_core.synthesis.validation import Rejected, parse_example, parse_instructions
 
 BRAINSTORM, GENERATE = "brainstorm", "generate"
@@ -77,7 +77,7 @@ def generation_requests(instructions: pl.DataFrame, cfg: SynthesisConfig) -> lis
         rng = random.Random(f"{cfg.seed}:{task}:{salt}")
         prompt, params = generation_prompt(task, rng, instruction)
         return ChatRequest(messages=(("user", prompt),), temperature=cfg.temperature, top_p=cfg.top_p,
-                           max_tokens=cfg.max_tokens, seed=cfg.seed, json_mode=True,
+                           max_tokens=cfg.max_tokens, seed=cfg.seed, json_mode=True, schema=json_schema(task),
                            meta={"task_type": task, "instruction": instruction, "params": params})
 
     for row in instructions.iter_rows(named=True):

@@ -44,6 +44,13 @@ SPECS: dict[str, TaskSpec] = {
 }
 
 
+def json_schema(task_type: str) -> dict:
+    """The JSON schema of a stage-2 answer: every field a required string, nothing else."""
+    fields = SPECS[task_type].fields
+    return {"type": "object", "properties": {f: {"type": "string"} for f in fields}, "required": list(fields),
+            "additionalProperties": False}
+
+
 def template(name: str) -> str:
     return (PROMPTS / f"{name}.txt").read_text(encoding="utf-8")
 

@@ -143,3 +143,16 @@ def test_a_missing_filter_model_is_a_clear_error(tmp_path):
 def test_truncation_is_counted():
     emb = Embedder.from_pretrained(ModelConfig(), resolve_model_path(ModelConfig().base_model))
     assert emb.count_truncated(["short", "a much longer text " * 20], max_len=16) == 1
+
+
+def test_a_candidate_pool_joins_the_corpus_and_feeds_mining():
+    pairs, enc = planted()
+    rng = np.random.default_rng(5)
+    pool = [f"pool {i}" for i in range(60)]
+    for i, t in enumerate(pool):  # pool texts sit right behind query 1's positive
+        enc.vectors[t] = unit(enc.vectors["doc 1"] + 0.3 * rng.normal(size=DIM))
+    _, plain = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3, window=(5, 60)), pool=pool)
+    assert stats.corpus_size == plain.corpus_size + len(pool)
+    row = out.filter(pl.col("pair_id") == "p1").row(0, named=True)
+    assert any(n.startswith("pool ") for n in row["negatives"])

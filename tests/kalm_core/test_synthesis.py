@@ -192,3 +192,21 @@ def test_request_keys_cover_model_messages_params_and_seed():
     assert r.key("m") == ChatRequest(messages=(("user", "hi"),), meta={"x": 1}).key("m")
     assert len({r.key("m"), r.key("other"), ChatRequest(messages=(("user", "hi"),), seed=1).key("m"),
                 ChatRequest(messages=(("user", "hi"),), temperature=0.5).key("m")}) == 4
+
+
+@pytest.mark.parametrize("mode,expected", [("json_object", {"type": "json_object"}), ("json_schema", "json_schema"),
+                                           ("none", None)])
+def test_response_format_is_sent_as_configured(tmp_path, mode, expected):
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    with ScriptedLLM() as server:
+        b = backend(server.url, response_format=mode)
+        run_stage(b, GenerationStore(con), GENERATE,
+                  generation_requests(_instructions(1), SynthesisConfig(sts_examples=0, bitext_examples=0)))
+        sent = server.requests[0]["body"].get("response_format")
+    con.close()
+    if expected == "json_schema":
+        schema = sent["json_schema"]["schema"]
+        assert sent["type"] == "json_schema" and schema["required"] == ["user_query", "positive_document",
+                                                                         "hard_negative_document"]
+    else:
+        assert sent == expected
