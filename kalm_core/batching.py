@@ -31,6 +31,11 @@ class BatchStats:
     mixed_per_batch: int  # m
     mean_purity: float
     expected_purity: float
+    purity_sd: float  # sampling standard deviation of mean_purity around expected_purity
+
+    def purity_ok(self, tolerance: float) -> bool:
+        """The realised purity follows the ratio: within the tolerance plus three standard deviations."""
+        return abs(self.mean_purity - self.expected_purity) <= tolerance + 3 * self.purity_sd
 
 
 def _texts(row: dict) -> set[str]:
@@ -125,10 +130,12 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig) -> tuple[pl.DataFram
         records += [{**r, "batch_id": bid, "position": p} for p, r in enumerate(b)]
     out = pl.DataFrame(records).select("batch_id", "position", *[c for c in pairs.columns])
     purity = pl.DataFrame(purity_rows)
+    # each batch's m mixed rows are a draw from the pool: the share of its majority group has variance p(1-p)/m
+    var = sum((m / size) ** 2 * share.get(g, 0.0) * (1 - share.get(g, 0.0)) / m for g in majority) if m else 0.0
     stats = BatchStats(
         batches=len(batches), rows_in=pairs.height, rows_batched=out.height, rows_left_over=len(left_over),
         mixed_per_batch=m, mean_purity=float(purity["purity"].mean()),
-        expected_purity=float(purity["expected_purity"].mean()),
+        expected_purity=float(purity["expected_purity"].mean()), purity_sd=var ** 0.5 / len(batches),
     )
     return out, purity, stats
 
