@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     con = wh.connect(args.warehouse)
     people = load_personas(con, catalog.personas, catalog.base_dir)
     store = GenerationStore(con)
-    s1 = run_stage(backend, store, BRAINSTORM, brainstorm_requests(list(people.iter_rows()), cfg))
-    instructions, _ = collect_instructions(con, brainstorm_requests(list(people.iter_rows()), cfg), backend.model, cfg)
+    brainstorms = brainstorm_requests(list(people.iter_rows()), cfg)
+    s1 = run_stage(backend, store, BRAINSTORM, brainstorms)
+    instructions, _ = collect_instructions(con, brainstorms, backend.model, cfg)
     requests = generation_requests(instructions, cfg)
     s2 = run_stage(backend, store, GENERATE, requests,
                    lambda done, total: print(json.dumps({"event": "progress", "done": done, "total": total}),
