@@ -2,7 +2,8 @@
 
 Each model is encoded once; every Matryoshka dimension is then scored from the cached full embeddings, truncated
 and re-normalised (KaLM §3.3, MRL). The base model is evaluated without an instruction, the trained model with the
-instruction it was trained with: each the way it is meant to be used (docs/DESIGN.md §4).
+instruction it was trained with: each the way it is meant to be used (an untrained base given an instruction scores
+far lower: 0.659 -> 0.528 nDCG@10 on held-out docstrings in the project's reference measurements).
 """
 
 from __future__ import annotations
