@@ -74,6 +74,7 @@ def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, de
         if name.startswith("pooler."):  # BERT's pooler output is never used: frozen, so DDP expects no gradient
             param.requires_grad_(False)
     if tcfg.gradient_checkpointing:
+        embedder.model.config.use_cache = False  # decoders' KV cache is useless here and clashes with checkpointing
         if hasattr(embedder.model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             embedder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
