@@ -9,7 +9,7 @@ deterministic function of the seed.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +45,9 @@ def _texts(row: dict) -> set[str]:
 def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
     """Fill batches in order, deferring a row whose texts clash with the batch being filled."""
     batches, current, seen, deferred = [], [], set(), []
-    queue = list(rows)
+    queue = deque(rows)  # popleft is O(1): a task can hold hundreds of thousands of rows
     while queue:
-        row = queue.pop(0)
+        row = queue.popleft()
         texts = _texts(row)
         if texts & seen:
             deferred.append(row)
@@ -57,7 +57,7 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
         if len(current) == size:
             batches.append(current)
             current, seen = [], set()
-            queue = deferred + queue
+            queue.extendleft(reversed(deferred))  # deferred rows go first into the next batch
             deferred = []
     return batches, current + deferred
 
@@ -65,10 +65,12 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
 def _repair(batches: list[list[dict]], rng: np.random.Generator) -> None:
     """Swap rows between batches until no batch holds a text twice (mixing can bring clashes back)."""
     for b, batch in enumerate(batches):
+        counts = Counter(t for r in batch for t in _texts(r))  # one pass per batch, updated on every swap
         for pos in range(len(batch)):
-            others = Counter(t for i, r in enumerate(batch) if i != pos for t in _texts(r))
-            if not (_texts(batch[pos]) & others.keys()):
+            own = _texts(batch[pos])
+            if all(counts[t] == 1 for t in own):
                 continue
+            others = {t for t, n in counts.items() if n - (t in own) > 0}
             for ob in rng.permutation(len(batches)):
                 if ob == b:
                     continue
@@ -76,8 +78,10 @@ def _repair(batches: list[list[dict]], rng: np.random.Generator) -> None:
                 for op in rng.permutation(len(other)):
                     cand = other[op]
                     rest = {t for i, r in enumerate(other) if i != op for t in _texts(r)}
-                    if not (_texts(cand) & others.keys()) and not (_texts(batch[pos]) & rest):
+                    if not (_texts(cand) & others) and not (own & rest):
                         batch[pos], other[op] = cand, batch[pos]
+                        counts.subtract(own)
+                        counts.update(_texts(cand))
                         break
                 else:
                     continue
