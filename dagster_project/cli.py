@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
         keys = runner.select(defs, args.select)
     t0 = time.monotonic()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, warehouse {wh.warehouse_path().resolve()}")
-    result = runner.materialize(defs, inst, keys)
+    result = runner.materialize(defs, inst, keys, observe=not args.stale)  # --stale observed already
     done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path)
     failed = [e.step_key for e in result.get_step_failure_events()]
     print(f"\n{len(done)} table(s) materialised in {time.monotonic() - t0:.1f}s:")

@@ -62,8 +62,11 @@ def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | N
     return sorted(keys)
 
 
-def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.AssetKey] | None = None):
-    """Observe the sources, then materialise `keys` (all when None); failures are reported, not raised."""
-    observe_sources(defs, inst)
+def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.AssetKey] | None = None,
+                observe: bool = True):
+    """Observe the sources (unless the caller just did), then materialise `keys` (all when None); failures are
+    reported, not raised."""
+    if observe:
+        observe_sources(defs, inst)
     job = defs.resolve_job_def(ALL_JOB)
     return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS)

@@ -6,7 +6,7 @@ Encode the source's queries and corpus (through the embedding cache), rank each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,6 @@ class FilterStats:
     median_pos_rank: float | None
     filled_rows: int
     margin_dropped: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
