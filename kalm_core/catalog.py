@@ -19,6 +19,8 @@ from kalm_core.identifiers import check_identifier
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "sources.yaml"
 DEFAULT_PERSONAS = DEFAULT_CATALOG.parent / "personas.jsonl"
 TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking")
+# Tables the pipeline itself keeps beside the per-source ones: staged.rejects, filtered.synthetic.
+RESERVED_NAMES = ("rejects", "synthetic")
 
 
 class CatalogError(ValueError):
@@ -53,6 +55,8 @@ class Source(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_identifier(cls, v: str) -> str:
+        if v in RESERVED_NAMES:
+            raise ValueError(f"source name {v!r} is reserved (the pipeline's own tables use {RESERVED_NAMES})")
         return check_identifier(v, "source name")
 
     @field_validator("task_type")

@@ -39,6 +39,12 @@ def test_source_name_must_be_a_plain_identifier(tmp_path):
     assert check_identifier("ok_name1") == "ok_name1"
 
 
+def test_names_of_the_pipelines_own_tables_are_reserved(tmp_path):
+    for name in ("rejects", "synthetic"):
+        with pytest.raises(CatalogError, match=f"source name '{name}' is reserved"):
+            load_catalog(_write(tmp_path, f"sources:\n  - {{name: {name}, uri: x.jsonl}}\n"))
+
+
 def test_duplicate_names_and_missing_uri_are_refused(tmp_path):
     with pytest.raises(CatalogError, match="appears twice"):
         load_catalog(_write(tmp_path, "sources:\n  - {name: a, uri: x.jsonl}\n  - {name: a, uri: y.jsonl}\n"))
