@@ -15,7 +15,8 @@ def test_sql_csv_sources_and_export(env, capsys, tmp_path):
     assert rows == [["source", "n"], ["alpha", "2"], ["beta", "2"]]
 
     assert main(["sql", "select count(*) as n from marts.eval_pairs"]) == 0
-    assert "2" in capsys.readouterr().out
+    cells = [line.strip("│ ") for line in capsys.readouterr().out.splitlines()]
+    assert "n" in cells and "2" in cells  # the box table: a header n and one value row 2
 
     assert main(["sources"]) == 0
     out = capsys.readouterr().out
