@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import table_metadata
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import warehouse as wh
 from kalm_core.batching import has_duplicate_texts, semi_homogeneous
 from kalm_core.config import data_dir, get_profile
@@ -25,7 +25,7 @@ PURITY = dg.AssetKey(["batched", "batch_purity"])
 )
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     cfg = get_profile(settings.profile).batch
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select * from {table('marts', 'training_pairs')} order by pair_id").pl()
     out, purity, stats = semi_homogeneous(pairs, cfg)
     snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
@@ -51,7 +51,7 @@ def purity_matches_ratio(context: dg.AssetCheckExecutionContext, warehouse: Ware
                          settings: SettingsResource) -> dg.AssetCheckResult:
     tol = get_profile(settings.profile).batch.purity_tolerance
     meta = context.instance.get_latest_materialization_event(PURITY).asset_materialization.metadata
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         realised, expected = con.execute(
             f"select avg(purity), avg(expected_purity) from {table('batched', 'batch_purity')}").fetchall()[0]
     sd = meta["purity_sd"].value
@@ -63,7 +63,7 @@ def purity_matches_ratio(context: dg.AssetCheckExecutionContext, warehouse: Ware
 @dg.asset_check(asset=BATCHES, name="no_duplicate_text_in_batch", blocking=True,
                 description="no text appears twice inside a batch (it would be a false negative)")
 def no_duplicate_text(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         frame = con.sql(f"select batch_id, query, positive, negatives from {table('batched', 'batches')}").pl()
     return dg.AssetCheckResult(passed=not has_duplicate_texts(frame), metadata={"batches": frame["batch_id"].n_unique()})
 

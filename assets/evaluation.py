@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets.training import EMBEDDER
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import get_profile, resolve_model_path
@@ -20,7 +20,7 @@ RESULTS = dg.AssetKey(["evaluation", "mteb_results"])
 def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                  settings: SettingsResource) -> dg.MaterializeResult:
     profile = get_profile(settings.profile)
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select query, positive, instruction from {table('marts', 'eval_pairs')}").pl()
         trained = con.execute(f"select model_path from {table('training', 'embedder')}").fetchall()[0][0]
     if profile.eval.max_eval_pairs:
@@ -54,7 +54,7 @@ def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 @dg.asset_check(asset=RESULTS, name="trained_beats_base",
                 description="the fine-tuned model beats the base embedder on the held-out task at full dim")
 def trained_beats_base(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         scores = dict(con.execute(
             f"select role, score from {table('evaluation', 'mteb_results')} where task_name = ? and metric = "
             f"'ndcg_at_10' and dim = (select max(dim) from {table('evaluation', 'mteb_results')})",

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common import table_metadata
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import warehouse as wh
 from kalm_core.catalog import Catalog, Source
 from kalm_core.config import data_dir, get_profile, resolve_model_path
@@ -31,7 +31,7 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
         cfg = profile.filter
         model = resolve_model_path(cfg.model or profile.model.base_model)
         encoder = CachedEncoder.load(model, profile.model, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             pairs = con.sql(f"select * from {table('staged', src.name)} order by row_number, positive_index").pl()
             pool = _pool(con, cfg.candidate_pool)
         out, stats = filter_source(pairs, encoder, cfg, pool)
@@ -59,7 +59,7 @@ def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=dg.AssetKey(["filtered", src.name]), name="kept_some", blocking=True,
                     description="the filter kept at least one pair of this source")
     def _kept_some(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             kept, n = con.execute(f"select count(*) filter (kept), count(*) from {table('filtered', src.name)}"
                                   ).fetchall()[0]
         return dg.AssetCheckResult(passed=kept > 0, metadata={"source": src.name, "kept": kept, "pairs": n,
@@ -75,7 +75,7 @@ def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
 def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                        settings: SettingsResource) -> dg.MaterializeResult:
     profile = get_profile(settings.profile)
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select * from {table('synthetic', 'examples')} order by row_number").pl()
     if pairs.is_empty():
         out = pairs.with_columns(pos_rank=pl.lit(None, pl.Int64), pos_score=pl.lit(None, pl.Float32),

@@ -6,7 +6,7 @@ import re
 import dagster as dg
 
 from assets.common import table_metadata
-from dagster_project.resources import WarehouseResource
+from assets.resources import WarehouseResource
 from kalm_core import sql_models
 from kalm_core.identifiers import table
 
@@ -32,7 +32,7 @@ def build_key_checks(model: sql_models.SqlModel) -> list[dg.AssetChecksDefinitio
 
     @dg.asset_check(asset=asset_key, name="not_empty", description="the table has rows")
     def _not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             n = con.execute(f"select count(*) from {table(model.layer, model.name)}").fetchall()[0][0]
         return dg.AssetCheckResult(passed=n > 0, metadata={"row_count": n, "expected_min": 1})
 
@@ -41,7 +41,7 @@ def build_key_checks(model: sql_models.SqlModel) -> list[dg.AssetChecksDefinitio
 
     @dg.asset_check(asset=asset_key, name=f"unique_{key_col}", description=f"{key_col} is unique and not null")
     def _unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             n, distinct, nulls = con.execute(
                 f'select count(*), count(distinct "{key_col}"), count(*) - count("{key_col}") '
                 f"from {table(model.layer, model.name)}"

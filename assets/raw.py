@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from dagster_project.resources import WarehouseResource
+from assets.resources import WarehouseResource
 from kalm_core import extract, python_docs
 from kalm_core.catalog import Catalog, Source
 from assets.common import table_metadata

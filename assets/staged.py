@@ -4,7 +4,7 @@
 import dagster as dg
 
 from assets.common import table_metadata
-from dagster_project.resources import WarehouseResource
+from assets.resources import WarehouseResource
 from kalm_core import staging
 from kalm_core.catalog import Catalog, Source
 from kalm_core.sql_models import SqlModel, parse_header
@@ -41,7 +41,7 @@ def build_staged_checks(src: Source) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=key, name="row_accounting", blocking=True,
                     description="rows in raw = kept + rejected + duplicates: staging loses nothing")
     def _accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             n = staging.accounting(con, src.name)
         out = n["kept"] + n["rejected"] + n["duplicates"]
         return dg.AssetCheckResult(passed=n["rows_in"] == out, metadata={**n, "rows_out": out})
@@ -49,7 +49,7 @@ def build_staged_checks(src: Source) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=key, name="not_empty", blocking=True,
                     description="the source kept at least one pair")
     def _not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect() as con:
+        with warehouse.connect(read_only=True) as con:
             kept = staging.accounting(con, src.name)["kept"]
         return dg.AssetCheckResult(passed=kept > 0, metadata={"rows_kept": kept, "expected_min": 1})
 

@@ -7,7 +7,7 @@ enable the stage; the rest of the DAG runs.
 import dagster as dg
 import polars as pl
 
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import warehouse as wh
 from kalm_core.synthesis.backends import BackendConfig, make_backend
 from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, PAIR_SCHEMA, REJECT_SCHEMA, SynthesisConfig,
@@ -53,11 +53,12 @@ def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                 "instruction": pl.Utf8, "task_type": pl.Utf8, "persona_id": pl.Utf8, "brainstorm_key": pl.Utf8}))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "enabled": False, "how_to_enable": HOW_TO_ENABLE})
     backend = make_backend(backend_cfg)
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         people = [tuple(r) for r in con.execute("select persona_id, persona from synthetic.personas").fetchall()]
-        requests = brainstorm_requests(people, cfg)
-        stats = run_stage(backend, GenerationStore(con), BRAINSTORM, requests,
-                          lambda done, total: context.log.info(f"brainstorm {done}/{total}") if done % 16 == 0 else None)
+    requests = brainstorm_requests(people, cfg)
+    stats = run_stage(backend, GenerationStore(connect=warehouse.connect), BRAINSTORM, requests,
+                      lambda done, total: context.log.info(f"brainstorm {done}/{total}") if done % 16 == 0 else None)
+    with warehouse.connect() as con:
         frame, rejects = collect_instructions(con, requests, backend.model, cfg)
         wh.write(con, "synthetic", "instructions", frame)
         wh.write(con, "synthetic", "brainstorm_rejects", rejects)
@@ -84,11 +85,12 @@ def examples(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         yield dg.MaterializeResult(asset_key=REJECTS, metadata={"dagster/row_count": 0})
         return
     backend = make_backend(backend_cfg)
-    with warehouse.connect() as con:
+    with warehouse.connect(read_only=True) as con:
         instr = con.sql("select * from synthetic.instructions").pl()
-        requests = generation_requests(instr, cfg)
-        stats = run_stage(backend, GenerationStore(con), GENERATE, requests,
-                          lambda done, total: context.log.info(f"generate {done}/{total}") if done % 32 == 0 else None)
+    requests = generation_requests(instr, cfg)
+    stats = run_stage(backend, GenerationStore(connect=warehouse.connect), GENERATE, requests,
+                      lambda done, total: context.log.info(f"generate {done}/{total}") if done % 32 == 0 else None)
+    with warehouse.connect() as con:
         pairs, rejects, accounting = collect_examples(con, requests, backend.model)
         wh.write(con, "synthetic", "examples", pairs)
         wh.write(con, "synthetic", "rejects", rejects)

@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from assets.batched import BATCHES
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
@@ -39,13 +39,15 @@ def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, se
     profile = get_profile(settings.profile)
     profile = replace(profile, model=replace(profile.model, base_model=resolve_model_path(profile.model.base_model)))
     event = context.instance.get_latest_materialization_event(BATCHES)
-    snapshot = event.asset_materialization.metadata["snapshot_path"].value
+    batch_meta = event.asset_materialization.metadata
+    snapshot, digest = batch_meta["snapshot_path"].value, batch_meta["snapshot_sha256"].value
+    lake_snapshot = batch_meta["lake_snapshot"].value  # the lake version of batched.batches this run trains on
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + context.run_id[:8]
     out = data_dir() / "models" / run_id
     out.mkdir(parents=True)
     (out / "run_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
-    cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--config", str(out / "run_config.json"),
-                                                "--output", str(out)])
+    cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--sha256", digest,
+                                                "--config", str(out / "run_config.json"), "--output", str(out)])
     context.log.info(" ".join(cmd))
     started, records, error = datetime.now(timezone.utc).replace(tzinfo=None), [], None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -72,20 +74,23 @@ def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, se
                          "base_model": profile.model.base_model, "profile": profile.name, "steps": summary["steps"],
                          "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
                          "tokens_per_s": summary["tokens_per_s"], "snapshot": snapshot,
-                         "started_at": started, "finished_at": finished}])
+                         "batches_snapshot": lake_snapshot, "started_at": started, "finished_at": finished}])
     with warehouse.connect() as con:
         wh.write(con, "training", "embedder", row)
         con.register("_run", row.to_arrow())
         con.execute(f"create table if not exists {table('training', 'runs')} as select * from _run limit 0")
         con.execute(f"insert into {table('training', 'runs')} by name select * from _run")
         n_runs = wh.count(con, "training", "runs")
+        lake_snap = wh.snapshot_id(con)
     curve = plots.loss_curve([r["step"] for r in records], [r["loss"] for r in records])
     yield dg.MaterializeResult(asset_key=EMBEDDER, metadata={
         "model_path": dg.MetadataValue.path(summary["model_path"]), "steps": summary["steps"],
         "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
         "tokens_per_s": summary["tokens_per_s"], "loss_curve": dg.MetadataValue.md(curve),
-        "profile": profile.name, "snapshot": snapshot})
-    yield dg.MaterializeResult(asset_key=RUNS, metadata={"dagster/row_count": n_runs, "run_id": run_id})
+        "profile": profile.name, "snapshot": snapshot, "batches_snapshot": lake_snapshot,
+        "lake_snapshot": dg.MetadataValue.int(lake_snap)})
+    yield dg.MaterializeResult(asset_key=RUNS, metadata={"dagster/row_count": n_runs, "run_id": run_id,
+                                                         "lake_snapshot": dg.MetadataValue.int(lake_snap)})
 
 
 def build() -> tuple[list, list]:

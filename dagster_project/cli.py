@@ -1,10 +1,12 @@
-"""`kalm`: the command line, thin over Dagster and the warehouse.
+"""`kalm`: the command line, thin over Dagster and the lake.
 
   kalm run [--profile NAME] [--select SELECTION] [--stale]   materialise the DAG (or a part of it)
   kalm ui [--port N]                                           the Dagster UI on 127.0.0.1
-  kalm sql "QUERY" [--csv]                                     query the warehouse read-only
+  kalm sql "QUERY" [--csv] [--at SNAPSHOT]                     query the lake read-only (as of a snapshot)
+  kalm snapshots                                               the lake's snapshots (each materialisation is one)
+  kalm maintain [--keep-runs N]                                expire old snapshots, compact and delete old files
   kalm sources                                                 the catalogue with row counts
-  kalm export --format flagembedding OUT.jsonl                 write the curated pairs
+  kalm export --format flagembedding OUT.jsonl [--force]       write the curated pairs
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ import time
 
 import duckdb
 
+from kalm_core import retention, sandbox
 from kalm_core import warehouse as wh
+from kalm_core.locks import LakeBusy
 from kalm_core.catalog import CatalogError, load_catalog
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", help="source catalogue YAML (default: $KALM_CATALOG or catalog/sources.yaml)")
-    p.add_argument("--warehouse", help="DuckDB file (default: $KALM_WAREHOUSE or data/warehouse.duckdb)")
+    p.add_argument("--lake", help="the lake: a folder, or postgres:DSN with $KALM_LAKE_DATA "
+                                  "(default: $KALM_LAKE or data/lake)")
 
 
 def _apply_env(args) -> None:
     if getattr(args, "catalog", None):
         os.environ["KALM_CATALOG"] = os.path.abspath(args.catalog)
-    if getattr(args, "warehouse", None):
-        os.environ["KALM_WAREHOUSE"] = os.path.abspath(args.warehouse)
+    if getattr(args, "lake", None):
+        lake = args.lake
+        os.environ["KALM_LAKE"] = lake if lake.startswith("postgres:") else os.path.abspath(lake)
     if getattr(args, "profile", None):
         os.environ["KALM_PROFILE"] = args.profile
 
@@ -54,7 +60,8 @@ def cmd_run(args) -> int:
     else:
         keys = runner.select(defs, args.select)
     t0 = time.monotonic()
-    print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, warehouse {wh.warehouse_path().resolve()}")
+    lake = wh.lake_spec()
+    print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
     result = runner.materialize(defs, inst, keys, observe=not args.stale)  # --stale observed already
     done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path)
     failed = [e.step_key for e in result.get_step_failure_events()]
@@ -63,40 +70,66 @@ def cmd_run(args) -> int:
         for key in done:
             layer, name = key.path
             print(f"  {layer + '.' + name:<40s} {wh.count(con, layer, name):>9,d} rows")
-    print(f"Warehouse: {wh.warehouse_path().resolve()}  (query it with `kalm sql`)")
+        snap = wh.snapshot_id(con)
+    print(f"Lake: {lake.describe()} at snapshot {snap}  (query it with `kalm sql`)")
     if failed:
         print(f"{len(failed)} step(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    if args.select is None and not args.stale:
+        with wh.connect() as con:
+            kept = retention.maintain(con, args.keep_runs)
+        if kept.expired:
+            print(f"Retention: expired {kept.expired} snapshot(s) older than {kept.kept_from} (kept what the last "
+                  f"{args.keep_runs} training runs need), deleted {kept.files_deleted} file(s)")
     return 0
 
 
 def cmd_ui(args) -> int:
     from dagster_project import runner
 
-    runner.instance()  # sets DAGSTER_HOME beside the warehouse, so the UI shows `kalm run`'s history
+    runner.instance()  # sets DAGSTER_HOME beside the lake, so the UI shows `kalm run`'s history
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
            "-p", str(args.port)]
     return subprocess.call(cmd)
 
 
 def cmd_sql(args) -> int:
-    with wh.connect(read_only=True) as con:
-        rel = con.sql(args.query)
+    statements = sandbox.check_statements(args.query)
+    with sandbox.open_sandbox(at=args.at) as con:
+        for st in statements[:-1]:
+            con.execute(st.query)
+        rel = con.sql(statements[-1].query) if statements else None
         if rel is None:
             return 0
         if args.csv:
-            writer = csv.writer(sys.stdout)
+            writer = csv.writer(sys.stdout, lineterminator="\n")  # DuckDB's CLI writes \n, not csv's \r\n
             writer.writerow(rel.columns)
-            writer.writerows(rel.fetchall())
+            while rows := rel.fetchmany(10_000):
+                writer.writerows(rows)
         else:
             rel.show(max_width=200)
+    return 0
+
+
+def cmd_snapshots(args) -> int:
+    with wh.connect(read_only=True) as con:
+        con.sql(f"select snapshot_id, snapshot_time, changes from {wh.CATALOG}.snapshots() "
+                "order by snapshot_id desc limit 50").show(max_width=200)
+    return 0
+
+
+def cmd_maintain(args) -> int:
+    with wh.connect() as con:
+        kept = retention.maintain(con, args.keep_runs)
+    print(f"expired {kept.expired} snapshot(s)" + (f" older than {kept.kept_from}" if kept.kept_from else "")
+          + f"; deleted {kept.files_deleted} file(s)")
     return 0
 
 
 def cmd_sources(args) -> int:
     catalog = load_catalog()
     counts: dict[str, tuple] = {}
-    if wh.warehouse_path().exists():
+    if wh.exists_lake(wh.lake_spec()):
         with wh.connect(read_only=True) as con:
             for s in catalog.sources:
                 raw = wh.count(con, "raw", s.name) if wh.exists(con, "raw", s.name) else None
@@ -116,19 +149,21 @@ def cmd_export(args) -> int:
     from kalm_core.export import export_flagembedding
 
     with wh.connect(read_only=True) as con:
-        n = export_flagembedding(con, args.out, *args.table.split("."))
+        n = export_flagembedding(con, args.out, *args.table.split("."), overwrite=args.force)
     print(f"wrote {n:,d} pairs from {args.table} to {args.out}")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kalm", description="KaLM-Embedding recipe as a Dagster DAG over DuckDB.")
+    p = argparse.ArgumentParser(prog="kalm", description="KaLM-Embedding recipe as a Dagster DAG over a DuckLake.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="materialise the DAG, with progress and a summary of the tables")
     r.add_argument("--profile", default=None, help="config profile (default: $KALM_PROFILE or demo)")
     r.add_argument("--select", help="Dagster asset selection, e.g. 'key:raw/numpy+' or 'group:marts'")
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
+    r.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,
+                   help="after a full run, keep the snapshots the last N training runs need (default %(default)s)")
     _common(r)
     r.set_defaults(fn=cmd_run)
 
@@ -137,11 +172,21 @@ def parser() -> argparse.ArgumentParser:
     _common(u)
     u.set_defaults(fn=cmd_ui)
 
-    q = sub.add_parser("sql", help="query the warehouse read-only")
+    q = sub.add_parser("sql", help="query the lake read-only (no file access, no ATTACH, no settings)")
     q.add_argument("query")
     q.add_argument("--csv", action="store_true", help="CSV with a header instead of a table")
+    q.add_argument("--at", type=int, metavar="SNAPSHOT", help="read the lake as of this snapshot id")
     _common(q)
     q.set_defaults(fn=cmd_sql)
+
+    n = sub.add_parser("snapshots", help="list the lake's latest snapshots")
+    _common(n)
+    n.set_defaults(fn=cmd_snapshots)
+
+    m = sub.add_parser("maintain", help="expire snapshots no recent training run needs, compact, delete old files")
+    m.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS)
+    _common(m)
+    m.set_defaults(fn=cmd_maintain)
 
     s = sub.add_parser("sources", help="list the catalogue with row counts")
     _common(s)
@@ -151,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["flagembedding"], default="flagembedding")
     e.add_argument("--table", default="marts.training_pairs", help="table to export (default marts.training_pairs)")
     e.add_argument("out", help="output .jsonl path")
+    e.add_argument("--force", action="store_true", help="overwrite an existing file")
     _common(e)
     e.set_defaults(fn=cmd_export)
     return p
@@ -167,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     _apply_env(args)
     try:
         return args.fn(args)
-    except (CatalogError, wh.WarehouseLocked, FileNotFoundError, ValueError, duckdb.Error) as e:
+    except BrokenPipeError:  # `kalm sql ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (CatalogError, wh.LakeError, LakeBusy, FileNotFoundError, FileExistsError, ValueError, duckdb.Error) as e:
         print(f"kalm: error: {e}", file=sys.stderr)
         return 2
 

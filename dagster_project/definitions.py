@@ -1,7 +1,7 @@
 """The Definitions: assets of every layer built from the catalogue, checks, resources, jobs.
 
 `dagster dev -m dagster_project.definitions` loads `defs`; the catalogue is $KALM_CATALOG (default
-catalog/sources.yaml), the warehouse $KALM_WAREHOUSE (default data/warehouse.duckdb).
+catalog/sources.yaml), the lake $KALM_LAKE (default data/lake).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import dagster as dg
 from assets import batched, evaluation, filtered, marts, raw, staged, synthetic, training
 from dagster_project import automation
 from dagster_project.progress import progress_logger, quiet_logger
-from dagster_project.resources import SettingsResource, WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
 from kalm_core.catalog import load_catalog
-from kalm_core.warehouse import warehouse_path
+from kalm_core.warehouse import lake_spec
 
 
-def build_defs(catalog_path: str | None = None, warehouse: str | None = None,
+def build_defs(catalog_path: str | None = None, lake: str | None = None,
                profile: str | None = None) -> dg.Definitions:
     catalog = load_catalog(catalog_path)
     built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
@@ -39,13 +39,18 @@ def build_defs(catalog_path: str | None = None, warehouse: str | None = None,
                       *eval_checks],
         jobs=automation.jobs(layers),
         resources={
-            "warehouse": WarehouseResource(path=str(warehouse_path(warehouse).resolve())),
+            "warehouse": WarehouseResource(lake=_lake_location(lake)),
             "settings": SettingsResource(catalog_path=str(catalog.path),
                                          profile=profile or os.environ.get("KALM_PROFILE", "demo")),
         },
-        executor=dg.in_process_executor,  # DuckDB has one writer, and in-process is ~5x faster here
+        executor=dg.in_process_executor,  # in-process is ~5x faster for this graph (docs/DESIGN.md)
         loggers={"progress": progress_logger, "quiet": quiet_logger},
     )
+
+
+def _lake_location(lake: str | None) -> str:
+    spec = lake_spec(lake)
+    return str(spec.home) if spec.kind == "sqlite" else spec.catalog
 
 
 defs = build_defs()

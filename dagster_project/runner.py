@@ -15,15 +15,15 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from dagster_project.automation import ALL_JOB, OBSERVE_JOB
-from kalm_core.warehouse import warehouse_path
+from kalm_core.config import data_dir
 
 PROGRESS = {"loggers": {"progress": {}}}  # one line per step (dagster_project/progress.py)
 QUIET = {"loggers": {"quiet": {}}}
 
 
-def instance(warehouse: str | None = None) -> dg.DagsterInstance:
-    """The persistent instance: $DAGSTER_HOME, else a dagster_home folder beside the warehouse."""
-    home = os.environ.get("DAGSTER_HOME") or str(warehouse_path(warehouse).resolve().parent / "dagster_home")
+def instance() -> dg.DagsterInstance:
+    """The persistent instance: $DAGSTER_HOME, else data/dagster_home beside the lake."""
+    home = os.environ.get("DAGSTER_HOME") or str(data_dir() / "dagster_home")
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
     if not config.exists():

@@ -7,6 +7,7 @@ batch holding the same passage twice, rows without the negatives the group size 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,17 @@ class Batch:
 
 
 def load_batches(path: str | Path, group_size: int, world_size: int = 1,
-                 template: str = ModelConfig.query_template) -> list[Batch]:
-    """Read and validate the snapshot; returns the global batches in batch_id order."""
+                 template: str = ModelConfig.query_template, sha256: str | None = None) -> list[Batch]:
+    """Read and validate the snapshot (against its recorded sha256 when given); returns the global batches in
+    batch_id order."""
     path = Path(path)
     if not path.exists():
         raise BatchFileError(f"batch file {path} does not exist")
+    if sha256 is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise BatchFileError(f"batch file {path} has sha256 {digest[:16]}…, not the {sha256[:16]}… recorded when "
+                                 "it was written: it changed or was damaged since. Rebuild batched/batches.")
     try:
         frame = pl.read_parquet(path)
     except Exception as e:  # polars raises several types for a damaged or non-parquet file

@@ -55,8 +55,9 @@ class Source(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_identifier(cls, v: str) -> str:
-        if v in RESERVED_NAMES:
-            raise ValueError(f"source name {v!r} is reserved (the pipeline's own tables use {RESERVED_NAMES})")
+        if v.lower() in RESERVED_NAMES:  # DuckDB compares identifiers ignoring case: `Rejects` is staged.rejects
+            raise ValueError(f"source name {v!r} is reserved in any case (the pipeline's own tables use "
+                             f"{RESERVED_NAMES})")
         return check_identifier(v, "source name")
 
     @field_validator("task_type")
@@ -110,11 +111,15 @@ class Catalog(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Catalog":
-        seen: set[str] = set()
-        for s in self.sources:
-            if s.name in seen:
-                raise ValueError(f"source name {s.name!r} appears twice")
-            seen.add(s.name)
+        seen: dict[str, tuple[int, str]] = {}
+        for i, s in enumerate(self.sources, 1):
+            key = s.name.lower()  # DuckDB compares identifiers ignoring case: alpha and ALPHA are one table
+            if key in seen:
+                j, other = seen[key]
+                same = "appears twice" if other == s.name else "equals source " + repr(other) + " ignoring case"
+                raise ValueError(f"source name {s.name!r} (entry {i}) {same} (entry {j}); DuckDB table names "
+                                 "ignore case, so their rows would overwrite each other")
+            seen[key] = (i, s.name)
         return self
 
     @property

@@ -167,7 +167,7 @@ def get_profile(name: str | None = None) -> Profile:
 
 
 def data_dir() -> Path:
-    """Where generated files (snapshots, caches, models) live: beside the warehouse."""
-    from kalm_core.warehouse import warehouse_path
+    """Where generated files (snapshots, caches, models) live: beside the lake folder (data/ by default)."""
+    from kalm_core.warehouse import lake_spec
 
-    return warehouse_path().resolve().parent
+    return lake_spec().home.parent

@@ -1,17 +1,24 @@
 """An embedding cache keyed by (model id, text hash), in parquet beside the warehouse.
 
-A rebuild after one source changes encodes only the texts it has not seen with that model.
+A rebuild after one source changes encodes only the texts it has not seen with that model. Each part is written
+under a temporary name and renamed, so a killed run leaves no half-written part; a damaged part (from a disk
+that filled up, say) is named in a warning, set aside and its texts encoded again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 
 def model_id(path: str) -> str:
@@ -33,6 +40,7 @@ class EmbeddingCache:
     def __init__(self, root: str | Path, model: str):
         self.dir = Path(root) / model_id(model)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.damaged: list[Path] = []
 
     def encode(self, texts: list[str], kind: str, encode_fn: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Embeddings of `texts` (kind: 'query' or 'passage'); returns (matrix, number newly encoded)."""
@@ -40,7 +48,7 @@ class EmbeddingCache:
             return np.zeros((0, 0), dtype=np.float32), 0
         hashes = [text_hash(kind, t) for t in texts]
         wanted = pl.DataFrame({"text_hash": hashes}).unique()
-        parts = sorted(self.dir.glob("*.parquet"))
+        parts = self.parts()
         found = (pl.scan_parquet(parts).join(wanted.lazy(), on="text_hash", how="semi").unique("text_hash").collect()
                  if parts else pl.DataFrame(schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}))
         have = dict(zip(found["text_hash"].to_list(), range(found.height)))
@@ -53,11 +61,27 @@ class EmbeddingCache:
         if missing:
             new = encode_fn([texts[i] for i in missing]).astype(np.float32)
             new_hashes = [hashes[i] for i in missing]
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
             pl.DataFrame({"text_hash": new_hashes, "vector": list(new)},
-                         schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}
-                         ).write_parquet(self.dir / f"part-{uuid.uuid4().hex}.parquet")
+                         schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}).write_parquet(tmp)
+            tmp.replace(self.dir / name)
             for h, v in zip(new_hashes, new):
                 have[h] = len(vectors)
                 vectors.append(v)
         matrix = np.asarray([vectors[have[h]] for h in hashes], dtype=np.float32)
         return matrix, len(missing)
+
+    def parts(self) -> list[Path]:
+        """The readable parts; a damaged one is renamed `*.damaged` (kept for inspection) and named in a warning."""
+        good = []
+        for part in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                pq.ParquetFile(part).metadata  # reads the footer: a truncated file has none
+                good.append(part)
+            except Exception as e:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
+                log.warning("embedding cache part %s is damaged (%s): set aside, its texts will be encoded again",
+                            part, e)
+                part.replace(part.with_name(part.name + ".damaged"))
+                self.damaged.append(part)
+        return good

@@ -5,6 +5,7 @@ One line per pair, so loading the file back as a source gives the same (query, p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kalm_core.identifiers import table
@@ -12,14 +13,25 @@ from kalm_core.identifiers import table
 FORMATS = ("flagembedding",)
 
 
-def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str = "training_pairs") -> int:
-    """Write layer.name to `out` as FlagEmbedding jsonl; returns the number of lines written."""
+def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str = "training_pairs",
+                         overwrite: bool = False) -> int:
+    """Write layer.name to `out` as FlagEmbedding jsonl; returns the number of lines written.
+
+    The file is written under a temporary name and renamed, so a reader never sees half a file; an existing
+    file is replaced only with `overwrite`."""
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     src = table(layer, name)
     query = (f"select query, [positive] as pos, negatives as neg, instruction as prompt, task_type as type "
              f"from {src} order by pair_id")
-    con.execute(f"copy ({query}) to '{_literal(out)}' (format json)")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        con.execute(f"copy ({query}) to '{_literal(tmp)}' (format json)")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return con.execute(f"select count(*) from {src}").fetchall()[0][0]
 
 

@@ -109,12 +109,12 @@ def tokenize_batches(embedder: Embedder, batches, rank: int, world: int) -> list
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path: str | None = None,
-          max_steps: int | None = None, log=print) -> dict:
+          max_steps: int | None = None, log=print, snapshot_sha256: str | None = None) -> dict:
     rank, world, device = setup_distributed()
     tcfg, mcfg = profile.train, profile.model
     output = Path(output)
     seed_everything(tcfg.seed)
-    batches = load_batches(snapshot, tcfg.group_size, world, mcfg.query_template)
+    batches = load_batches(snapshot, tcfg.group_size, world, mcfg.query_template, sha256=snapshot_sha256)
     embedder = build_model(mcfg, tcfg, model_path, device)
     loss_fn = build_loss(tcfg, embedder.hidden_size)
     if mcfg.projection == "pca" and embedder.projection is None:
@@ -213,6 +213,7 @@ def _merge_orders(q_order: list[int], p_order: list[int]) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kalm_core.trainer", description=__doc__.splitlines()[0])
     ap.add_argument("--snapshot", required=True, help="parquet batch snapshot (batched/batches export)")
+    ap.add_argument("--sha256", help="the snapshot's recorded sha256: refuse a file that does not match it")
     ap.add_argument("--config", required=True, help="profile as JSON (written by the training asset)")
     ap.add_argument("--output", required=True, help="run directory: model/, checkpoints/, train_log.jsonl")
     ap.add_argument("--model-path", help="start from this model instead of the profile's base model")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record), flush=True)
 
     try:
-        train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log)
+        train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log, args.sha256)
     except (BatchFileError, ModelLoadError, ValueError) as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         print(f"kalm trainer: {e}", file=sys.stderr)

@@ -1,65 +1,174 @@
-"""The warehouse: one DuckDB file, one schema per layer (docs/DESIGN.md §1).
+"""The warehouse: a DuckLake (catalogue + parquet data files), one schema per layer (docs/DESIGN.md §1).
 
-DuckDB allows one writer process, so a locked file is reported at once instead of being retried for minutes.
+Asset key [layer, name] is table `layer.name` of the lake. The catalogue is a SQLite file under the lake folder
+(`data/lake/catalog.sqlite`, data files in `data/lake/data/`) or, to share one lake between machines, a PostgreSQL
+database (`KALM_LAKE=postgres:dbname=kalm host=...` plus `KALM_LAKE_DATA=` any path DuckDB can write).
+
+Readers always see the last committed snapshot, whatever a run is writing. Writers take the lake's write lock for
+the life of their connection (`locks.py`): SQLite lets one writer commit at a time, and a second writer whose
+transaction started before the first commit would fail, so it waits instead and is told which run it waits for.
+Extensions come from the pinned `duckdb-extension-*` packages and are never downloaded at run time.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
-import time
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from kalm_core.identifiers import LAYERS, table
+from kalm_core.locks import WriteLock
 
-DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
-
-
-class WarehouseLocked(RuntimeError):
-    """Another process holds the DuckDB file."""
+DEFAULT_LAKE = "data/lake"
+CATALOG = "lake"  # the name the lake is attached under
 
 
-def warehouse_path(path: str | os.PathLike | None = None) -> Path:
-    """The warehouse file: `path`, else $KALM_WAREHOUSE, else data/warehouse.duckdb."""
-    return Path(path or os.environ.get("KALM_WAREHOUSE") or DEFAULT_WAREHOUSE)
+class LakeError(RuntimeError):
+    """A lake that cannot be opened (missing, misconfigured, an extension package absent)."""
 
 
-def connect(path: str | os.PathLike | None = None, read_only: bool = False, wait_s: float = 2.0):
-    """Open the warehouse, creating the layer schemas; fail fast with a clear message when it is locked."""
-    p = warehouse_path(path)
-    if read_only and not p.exists():
-        raise FileNotFoundError(f"no warehouse at {p}: run `kalm run` first (or set KALM_WAREHOUSE)")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            con = duckdb.connect(str(p), read_only=read_only)
-            break
-        except duckdb.IOException as e:  # the lock is an IO error; anything else is re-raised untouched
-            if "lock" not in str(e).lower():
-                raise
-            if time.monotonic() >= deadline:
-                raise WarehouseLocked(
-                    f"the warehouse {p} is locked by another process ({_holder(str(e))}). DuckDB allows one "
-                    "writer: stop that process (a `kalm run`, `kalm ui` or a DuckDB shell) or point "
-                    "KALM_WAREHOUSE at another file."
-                ) from None
-            time.sleep(0.2)
-    if not read_only:
-        for layer in LAYERS:
-            con.execute(f'create schema if not exists "{layer}"')
-    return con
+@dataclass(frozen=True)
+class LakeSpec:
+    """Where the lake lives: its DuckLake catalogue, its data path and the folder for locks and generated files."""
+
+    catalog: str  # 'sqlite:/abs/catalog.sqlite' or 'postgres:<libpq connection string>'
+    data_path: str  # a folder or any URL DuckDB can write (s3://...)
+    home: Path  # locks/ and the default data directory (snapshots, caches, models) live under or beside it
+
+    @property
+    def kind(self) -> str:
+        return self.catalog.split(":", 1)[0]
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        return Path(self.catalog.split(":", 1)[1]) if self.kind == "sqlite" else None
+
+    def describe(self) -> str:
+        """The lake for messages: the folder, or the PostgreSQL database without its password."""
+        if self.kind == "sqlite":
+            return str(self.home)
+        parts = [p for p in self.catalog.split(":", 1)[1].split() if not p.lower().startswith("password")]
+        return f"postgres:{' '.join(parts)} (data {self.data_path})"
 
 
-def _holder(message: str) -> str:
-    i = message.find("PID")
-    return message[i:].split(")")[0] if i >= 0 else "see DuckDB's message"
+def lake_spec(lake: str | os.PathLike | None = None) -> LakeSpec:
+    """`lake`, else $KALM_LAKE, else data/lake: a folder (embedded SQLite catalogue) or a `postgres:` DSN."""
+    where = str(lake or os.environ.get("KALM_LAKE") or DEFAULT_LAKE)
+    if where.startswith("postgres:"):
+        data = os.environ.get("KALM_LAKE_DATA")
+        if not data:
+            raise LakeError("a PostgreSQL lake needs KALM_LAKE_DATA: the data path (a shared folder or s3://...)")
+        home = Path(os.environ.get("KALM_DATA_DIR") or "data").resolve()
+        return LakeSpec(where, data.rstrip("/") + "/", home / "lake")
+    if "://" in where or where.startswith("sqlite:"):
+        raise LakeError(f"KALM_LAKE={where!r}: give a folder (embedded lake) or 'postgres:dbname=... host=...'")
+    home = Path(where).resolve()
+    if home.suffix in (".duckdb", ".db", ".jsonl", ".parquet", ".csv", ".sqlite"):
+        raise LakeError(f"the lake is a folder, not a file: {home} (e.g. data/lake)")
+    data = os.environ.get("KALM_LAKE_DATA") or str(home / "data")
+    return LakeSpec(f"sqlite:{home / 'catalog.sqlite'}", data.rstrip("/") + "/", home)
+
+
+def exists_lake(spec: LakeSpec) -> bool:
+    return spec.kind != "sqlite" or spec.sqlite_file.exists()
+
+
+def extension_path(name: str) -> str:
+    """The extension binary shipped by the PyPI package `duckdb-extension-<name>` for this DuckDB version."""
+    pkg = importlib.util.find_spec(f"duckdb_extension_{name}")
+    if pkg is None or not pkg.submodule_search_locations:
+        raise LakeError(f"the DuckDB extension {name!r} is missing: pip install duckdb-extension-{name}=="
+                        f"{duckdb.__version__}")
+    root = pkg.submodule_search_locations[0]
+    found = glob.glob(f"{root}/extensions/v{duckdb.__version__}/{name}.duckdb_extension")
+    if not found:
+        raise LakeError(f"duckdb-extension-{name} has no build for DuckDB {duckdb.__version__} (in {root})")
+    return found[0]
+
+
+def load_extensions(con, *names: str) -> None:
+    for name in names:
+        con.install_extension(extension_path(name))
+        con.load_extension(name)
+
+
+def new_connection(**config) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that never downloads an extension."""
+    return duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                  **config})
+
+
+def _create_sqlite_catalog(path: Path) -> None:
+    """A new SQLite catalogue in WAL mode, so readers never block the writer's commit (WAL is persistent)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = sqlite3.connect(path)
+    try:
+        c.execute("pragma journal_mode=wal")
+    finally:
+        c.close()
+
+
+def attach(con, spec: LakeSpec, read_only: bool = False, at: int | None = None) -> None:
+    """Attach the lake as `lake` and make it the default catalogue."""
+    load_extensions(con, "ducklake", spec.kind if spec.kind != "postgres" else "postgres")
+    options = [f"data_path '{_literal(spec.data_path)}'"]
+    if read_only or at is not None:
+        options.append("read_only")
+    if at is not None:
+        options.append(f"snapshot_version {int(at)}")
+    try:
+        con.execute(f"attach 'ducklake:{_literal(spec.catalog)}' as {CATALOG} ({', '.join(options)})")
+    except duckdb.Error as e:
+        msg = str(e).replace(spec.catalog, spec.describe())
+        raise LakeError(f"cannot open the lake {spec.describe()}: {msg}") from None
+    con.execute(f"use {CATALOG}")
+
+
+@contextmanager
+def connect(lake: str | os.PathLike | None = None, read_only: bool = False, at: int | None = None,
+            owner: str | None = None, wait_s: float | None = None, on_wait=None):
+    """A connection to the lake. Read-only ones see the last committed snapshot (or snapshot `at`); a writable one
+    holds the lake's write lock until it closes, waiting for another writer (`owner` names us in its message)."""
+    spec = lake_spec(lake)
+    if (read_only or at is not None) and not exists_lake(spec):
+        raise FileNotFoundError(f"no lake at {spec.describe()}: run `kalm run` first (or set KALM_LAKE)")
+    lock = None
+    if not (read_only or at is not None):
+        if spec.sqlite_file and not spec.sqlite_file.exists():
+            _create_sqlite_catalog(spec.sqlite_file)
+        if "://" not in spec.data_path:
+            Path(spec.data_path).mkdir(parents=True, exist_ok=True)
+        lock = WriteLock(spec.home / "locks" / "write.lock", owner=owner, wait_s=wait_s, on_wait=on_wait)
+        lock.acquire()
+    con = None
+    try:
+        con = new_connection()
+        attach(con, spec, read_only=read_only, at=at)
+        if lock is not None:
+            for layer in LAYERS:
+                con.execute(f'create schema if not exists "{layer}"')
+        yield con
+    finally:
+        if con is not None:
+            con.close()
+        if lock is not None:
+            lock.release()
+
+
+def snapshot_id(con) -> int:
+    """The lake's current snapshot: the lineage id recorded with every materialisation."""
+    return con.execute(f"select id from {CATALOG}.current_snapshot()").fetchall()[0][0]
 
 
 def write(con, layer: str, name: str, frame: pl.DataFrame) -> int:
-    """Replace table layer.name with `frame`; returns its row count."""
+    """Replace table layer.name with `frame` (one atomic commit); returns its row count."""
     con.register("_kalm_frame", frame.to_arrow())
     try:
         con.execute(f"create or replace table {table(layer, name)} as select * from _kalm_frame")
@@ -69,8 +178,9 @@ def write(con, layer: str, name: str, frame: pl.DataFrame) -> int:
 
 
 def exists(con, layer: str, name: str) -> bool:
-    q = "select count(*) from information_schema.tables where table_schema = ? and table_name = ?"
-    return con.execute(q, [layer, name]).fetchall()[0][0] > 0
+    q = ("select count(*) from information_schema.tables where table_catalog = ? and table_schema = ? "
+         "and table_name = ?")
+    return con.execute(q, [CATALOG, layer, name]).fetchall()[0][0] > 0
 
 
 def count(con, layer: str, name: str) -> int:
@@ -87,3 +197,7 @@ def markdown_sample(con, sql: str, n: int = 5, width: int = 60) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines)
+
+
+def _literal(text: str) -> str:
+    return str(text).replace("'", "''")

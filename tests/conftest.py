@@ -1,4 +1,4 @@
-"""Shared fixtures: small hand-written sources, a catalogue over them and a warehouse in tmp_path."""
+"""Shared fixtures: small hand-written sources, a catalogue over them and a lake in tmp_path."""
 
 from __future__ import annotations
 
@@ -76,21 +76,21 @@ def _offline():
 
 @pytest.fixture
 def env(tmp_path: Path, small_catalog: Path, monkeypatch) -> dict:
-    """Point kalm at the small catalogue, the tiny profile and a fresh warehouse + Dagster home in tmp_path."""
-    wh = tmp_path / "data" / "warehouse.duckdb"
+    """Point kalm at the small catalogue, the tiny profile and a fresh lake + Dagster home in tmp_path."""
+    lake = tmp_path / "data" / "lake"
     monkeypatch.setitem(PROFILES, "tiny", TINY)
     monkeypatch.setenv("KALM_PROFILE", "tiny")
     monkeypatch.setenv("KALM_CATALOG", str(small_catalog))
-    monkeypatch.setenv("KALM_WAREHOUSE", str(wh))
+    monkeypatch.setenv("KALM_LAKE", str(lake))
+    monkeypatch.delenv("KALM_LAKE_DATA", raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    return {"catalog": small_catalog, "warehouse": wh, "dir": tmp_path}
+    return {"catalog": small_catalog, "lake": lake, "dir": tmp_path}
 
 
 @pytest.fixture
 def con(tmp_path: Path):
-    c = warehouse.connect(tmp_path / "unit.duckdb")
-    yield c
-    c.close()
+    with warehouse.connect(tmp_path / "unit_lake") as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def test_default_definitions_have_every_layer_and_check():
 def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     assert main(["run"]) == 0
     out = capsys.readouterr().out
-    assert "marts.training_pairs" in out and str(env["warehouse"]) in out
+    assert "marts.training_pairs" in out and str(env["lake"]) in out
     with warehouse.connect(read_only=True) as con:
         # alpha: 5 rows -> 2 kept, 1 duplicate, 2 rejected; beta: 2 kept; gamma (held out): 2
         assert warehouse.count(con, "marts", "training_pairs") == 4

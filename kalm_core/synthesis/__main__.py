@@ -1,7 +1,7 @@
 """Run both synthesis stages against a warehouse without Dagster (the assets call the same functions).
 
     KALM_LLM_BASE_URL=http://127.0.0.1:8000/v1 KALM_LLM_MODEL=Qwen/Qwen2-72B-Instruct \
-        python -m kalm_core.synthesis --warehouse data/warehouse.duckdb
+        python -m kalm_core.synthesis --lake data/lake
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from kalm_core.synthesis.store import GenerationStore
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kalm_core.synthesis", description=__doc__.splitlines()[0])
-    ap.add_argument("--warehouse")
+    ap.add_argument("--lake", help="the lake folder or postgres: DSN (default $KALM_LAKE or data/lake)")
     ap.add_argument("--catalog")
     ap.add_argument("--personas-per-task", type=int, default=SynthesisConfig.personas_per_task)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -37,19 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(SynthesisConfig(), personas_per_task=args.personas_per_task)
     backend = make_backend(backend_cfg)
     catalog = load_catalog(args.catalog)
-    con = wh.connect(args.warehouse)
-    people = load_personas(con, catalog.personas, catalog.base_dir)
-    store = GenerationStore(con)
+    connect = lambda: wh.connect(args.lake)  # noqa: E731  one short writable connection per commit
+    with connect() as con:
+        people = load_personas(con, catalog.personas, catalog.base_dir)
+    store = GenerationStore(connect=connect)
     brainstorms = brainstorm_requests(list(people.iter_rows()), cfg)
     s1 = run_stage(backend, store, BRAINSTORM, brainstorms)
-    instructions, _ = collect_instructions(con, brainstorms, backend.model, cfg)
+    with connect() as con:
+        instructions, _ = collect_instructions(con, brainstorms, backend.model, cfg)
     requests = generation_requests(instructions, cfg)
     s2 = run_stage(backend, store, GENERATE, requests,
                    lambda done, total: print(json.dumps({"event": "progress", "done": done, "total": total}),
                                              flush=True))
-    pairs, rejects, accounting = collect_examples(con, requests, backend.model)
+    with connect() as con:
+        pairs, rejects, accounting = collect_examples(con, requests, backend.model)
     print(json.dumps({"event": "done", "brainstorm_sent": s1.sent, "generate_sent": s2.sent, **accounting}))
-    con.close()
     return 0
 
 

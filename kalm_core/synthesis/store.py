@@ -1,13 +1,16 @@
 """synthetic.generations: every LLM answer, keyed by its request hash, committed as it arrives.
 
 A rerun skips every key answered before, so a crash never throws away finished work and no prompt is paid for
-twice; a failed request is stored too and retried by the next run (its row replaced, never duplicated).
+twice; a failed request is stored too and retried by the next run (its row replaced, never duplicated). The key is
+unique by construction: each commit deletes the keys it writes and inserts them in one transaction (a DuckLake
+table has no primary key to upsert on).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 
 import polars as pl
@@ -16,7 +19,7 @@ from kalm_core.identifiers import table
 from kalm_core.synthesis.backends import ChatResult
 
 DDL = f"""create table if not exists {table('synthetic', 'generations')} (
-    key varchar primary key, stage varchar, task_type varchar, persona_id varchar, instruction varchar,
+    key varchar, stage varchar, task_type varchar, persona_id varchar, instruction varchar,
     model varchar, params varchar, messages varchar, response varchar, error varchar, status varchar,
     prompt_tokens bigint, completion_tokens bigint, latency_s double, created_at timestamp)"""
 
@@ -28,16 +31,21 @@ SCHEMA = {"key": pl.Utf8, "stage": pl.Utf8, "task_type": pl.Utf8, "persona_id": 
 
 
 class GenerationStore:
-    def __init__(self, con, commit_every: int = 8, commit_seconds: float = 1.0):
-        self.con = con
+    """`con` is an open connection, or `connect` opens a short one per commit, so a long LLM stage does not
+    hold the lake's write lock between commits."""
+
+    def __init__(self, con=None, commit_every: int = 8, commit_seconds: float = 1.0, connect=None):
+        self._connect = connect or (lambda: nullcontext(con))
         self.commit_every, self.commit_seconds = commit_every, commit_seconds
         self.buffer: list[tuple] = []
         self.last_commit = time.monotonic()
-        con.execute(DDL)
+        with self._connect() as c:
+            c.execute(DDL)
 
     def done_keys(self, stage: str) -> set[str]:
-        rows = self.con.execute(f"select key from {table('synthetic', 'generations')} where stage = ? and status = 'ok'",
-                                [stage]).fetchall()
+        with self._connect() as c:
+            rows = c.execute(f"select key from {table('synthetic', 'generations')} where stage = ? and status = 'ok'",
+                             [stage]).fetchall()
         return {k for (k,) in rows}
 
     def add(self, stage: str, model: str, result: ChatResult) -> None:
@@ -55,11 +63,19 @@ class GenerationStore:
         if not self.buffer:
             return
         frame = pl.DataFrame(self.buffer, schema=SCHEMA, orient="row")
-        self.con.register("_kalm_generations", frame.to_arrow())
-        try:
-            self.con.execute(f"insert or replace into {table('synthetic', 'generations')} "
-                             "select * from _kalm_generations")
-        finally:
-            self.con.unregister("_kalm_generations")
+        frame = frame.unique("key", keep="last", maintain_order=True)
+        gens = table('synthetic', 'generations')
+        with self._connect() as con:
+            con.register("_kalm_generations", frame.to_arrow())
+            try:
+                con.execute("begin transaction")
+                con.execute(f"delete from {gens} where key in (select key from _kalm_generations)")
+                con.execute(f"insert into {gens} select * from _kalm_generations")
+                con.execute("commit")
+            except Exception:
+                con.execute("rollback")
+                raise
+            finally:
+                con.unregister("_kalm_generations")
         self.buffer.clear()
         self.last_commit = time.monotonic()

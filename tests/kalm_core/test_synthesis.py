@@ -75,7 +75,7 @@ def _instructions(n):
                          "persona_id": ["p"] * n, "brainstorm_key": ["k"] * n})
 
 
-def test_accounting_holds_over_bad_answers_errors_timeouts_and_drops(tmp_path):
+def test_accounting_holds_over_bad_answers_errors_timeouts_and_drops(con, tmp_path):
     behaviours = ["ok", "invalid", "refusal", "500", "slow", "drop", "500-once"]
 
     def responder(body, seen):
@@ -95,7 +95,6 @@ def test_accounting_holds_over_bad_answers_errors_timeouts_and_drops(tmp_path):
         return ("ok", good_answer(body))
 
     cfg = SynthesisConfig(sts_examples=2, bitext_examples=2)
-    con = warehouse.connect(tmp_path / "w.duckdb")
     with ScriptedLLM(responder) as server:
         b = backend(server.url, timeout_s=1.0, max_retries=1)
         requests = generation_requests(_instructions(7), cfg)
@@ -111,11 +110,9 @@ def test_accounting_holds_over_bad_answers_errors_timeouts_and_drops(tmp_path):
     assert pairs.filter(pl.col("source") == "synthetic/short-long")["instruction"].to_list()[0].startswith("Retrieve")
     keys = con.execute("select count(*), count(distinct key) from synthetic.generations").fetchall()[0]
     assert keys == (11, 11)
-    con.close()
 
 
-def test_a_rerun_sends_only_what_failed_and_never_a_finished_prompt(tmp_path):
-    con = warehouse.connect(tmp_path / "w.duckdb")
+def test_a_rerun_sends_only_what_failed_and_never_a_finished_prompt(con, tmp_path):
     flaky = {"on": True}
 
     def responder(body, seen):
@@ -134,15 +131,14 @@ def test_a_rerun_sends_only_what_failed_and_never_a_finished_prompt(tmp_path):
     assert (first.ok, first.failed) == (3, 1) and (second.sent, second.ok, second.skipped_done) == (1, 1, 3)
     assert len(resent) == 1 and "Retrieve item 2." in resent[0]["body"]["messages"][-1]["content"]
     assert con.execute("select count(*), count(*) filter (status = 'ok') from synthetic.generations").fetchall()[0] == (4, 4)
-    con.close()
 
 
 def test_resume_after_kill_resends_no_finished_prompt(tmp_path):
-    wh_path = tmp_path / "w.duckdb"
+    wh_path = tmp_path / "lake"
     with ScriptedLLM(latency=0.05) as server:
         env = {**os.environ, "KALM_LLM_BASE_URL": server.url, "KALM_LLM_MODEL": "scripted",
                "KALM_LLM_API_KEY": SECRET}
-        cmd = [sys.executable, "-m", "kalm_core.synthesis", "--warehouse", str(wh_path), "--personas-per-task", "3",
+        cmd = [sys.executable, "-m", "kalm_core.synthesis", "--lake", str(wh_path), "--personas-per-task", "3",
                "--concurrency", "4"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in proc.stdout:
@@ -151,10 +147,9 @@ def test_resume_after_kill_resends_no_finished_prompt(tmp_path):
                 break
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        con = warehouse.connect(wh_path)
-        finished = {messages_hash(json.loads(m)) for (m,) in
-                    con.execute("select messages from synthetic.generations where status = 'ok'").fetchall()}
-        con.close()
+        with warehouse.connect(wh_path, read_only=True) as con:
+            finished = {messages_hash(json.loads(m)) for (m,) in
+                        con.execute("select messages from synthetic.generations where status = 'ok'").fetchall()}
         before = len(server.requests)
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -162,15 +157,13 @@ def test_resume_after_kill_resends_no_finished_prompt(tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert finished and not (finished & again)  # 0 finished prompts re-sent
     assert summary["requests"] == summary["accepted"] + summary["rejected"] + summary["failed"]
-    con = warehouse.connect(wh_path)
-    n, distinct = con.execute("select count(*), count(distinct key) from synthetic.generations").fetchall()[0]
-    con.close()
+    with warehouse.connect(wh_path, read_only=True) as con:
+        n, distinct = con.execute("select count(*), count(distinct key) from synthetic.generations").fetchall()[0]
     assert n == distinct  # 0 duplicate rows
     assert SECRET not in done.stdout + done.stderr
 
 
-def test_the_api_key_is_sent_but_never_stored_or_printed(tmp_path, capsys):
-    con = warehouse.connect(tmp_path / "w.duckdb")
+def test_the_api_key_is_sent_but_never_stored_or_printed(con, tmp_path, capsys):
     people = load_personas(con, Personas(), tmp_path)
     assert people.height >= 100 and people["persona"].n_unique() == people.height
     with ScriptedLLM() as server:
@@ -185,7 +178,6 @@ def test_the_api_key_is_sent_but_never_stored_or_printed(tmp_path, capsys):
     assert SECRET not in dump and SECRET not in repr(cfg_obj) and SECRET not in json.dumps(cfg_obj.describe())
     assert frame.height == 4 * 4 and set(frame["task_type"]) == {"short-long", "long-short", "short-short", "long-long"}
     assert SECRET not in capsys.readouterr().out
-    con.close()
 
 
 def test_request_keys_cover_model_messages_params_and_seed():
@@ -197,14 +189,12 @@ def test_request_keys_cover_model_messages_params_and_seed():
 
 @pytest.mark.parametrize("mode,expected", [("json_object", {"type": "json_object"}), ("json_schema", "json_schema"),
                                            ("none", None)])
-def test_response_format_is_sent_as_configured(tmp_path, mode, expected):
-    con = warehouse.connect(tmp_path / "w.duckdb")
+def test_response_format_is_sent_as_configured(con, tmp_path, mode, expected):
     with ScriptedLLM() as server:
         b = backend(server.url, response_format=mode)
         run_stage(b, GenerationStore(con), GENERATE,
                   generation_requests(_instructions(1), SynthesisConfig(sts_examples=0, bitext_examples=0)))
         sent = server.requests[0]["body"].get("response_format")
-    con.close()
     if expected == "json_schema":
         schema = sent["json_schema"]["schema"]
         assert sent["type"] == "json_schema" and schema["required"] == ["user_query", "positive_document",

@@ -1,0 +1,45 @@
+"""Resources: the lake and the pipeline settings (catalogue, profile)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from kalm_core import warehouse
+from kalm_core.catalog import Catalog, load_catalog
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckLake (`lake`: a folder or a `postgres:` DSN). A writable connection holds the lake's write lock
+    while it is open; a step that has to wait logs whose run it waits for (kalm_core/locks.py)."""
+
+    lake: str
+    _owner: str | None = PrivateAttr(default=None)
+    _log = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run_id = context.run_id
+        self._owner = f"run {run_id}" if run_id else None
+        self._log = context.log
+
+    @contextmanager
+    def connect(self, read_only: bool = False):
+        on_wait = self._log.warning if self._log is not None else None
+        with warehouse.connect(self.lake, read_only=read_only, owner=self._owner, on_wait=on_wait) as con:
+            yield con
+
+    def snapshot_id(self) -> int:
+        with self.connect(read_only=True) as con:
+            return warehouse.snapshot_id(con)
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """Which catalogue and profile this code location was built from."""
+
+    catalog_path: str
+    profile: str = "demo"
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path)
