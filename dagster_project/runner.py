@@ -56,7 +56,8 @@ def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | N
     """Dagster's selection syntax (`key:raw/numpy+`, `group:marts`, `*marts/training_pairs`); None = all."""
     if not selection:
         return None
-    keys = dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+    # a multi-asset (synthetic examples + rejects) runs whole, so its siblings join the selection
+    keys = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
     if not keys:
         raise ValueError(f"selection {selection!r} matches no asset")
     return sorted(keys)

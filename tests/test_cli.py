@@ -1,8 +1,12 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 from dagster_project.cli import main, parser
+from tests.conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sql_csv_sources_and_export(env, capsys, tmp_path):
@@ -41,3 +45,62 @@ def test_help_lists_every_command():
     text = parser().format_help()
     for cmd in ("run", "ui", "sql", "sources", "export"):
         assert cmd in text
+
+
+PROBES = {
+    "copy (select 1) to '{d}/evil.py'": "read-only",
+    "copy (select 1) to '{lake}/data/x.csv'": "read-only",  # inside the data path: refused by statement type
+    "attach '{d}/new.duckdb' as n": "read-only",
+    "select * from read_blob('/proc/self/environ')": "Permission",
+    "select * from read_text('/etc/hostname')": "Permission",
+    "install httpfs": "read-only",
+    "load httpfs": "read-only",
+    "set enable_external_access = true": "read-only",
+    "select 1; create table raw.x (i int)": "read-only",
+    "select * from PROBES": "PROBES",  # no Python replacement scans: the caller's variables are not tables
+}
+
+
+def test_sql_is_read_only_for_real(env, capsys, tmp_path):
+    main(["run", "--select", "key:raw/gamma"])
+    capsys.readouterr()
+    for probe, reason in PROBES.items():
+        sql = probe.format(d=tmp_path, lake=env["lake"])
+        assert main(["sql", sql]) == 2, sql
+        err = capsys.readouterr().err
+        assert err.startswith("kalm: error:") and reason in err, (sql, err)
+    assert not (tmp_path / "evil.py").exists() and not (tmp_path / "new.duckdb").exists()
+    assert not (env["lake"] / "data" / "x.csv").exists()
+
+
+def test_sql_at_a_snapshot_csv_line_ends_and_a_closed_pipe(env, capsys, tmp_path):
+    import subprocess
+    import sys
+
+    assert main(["run", "--select", "key:raw/alpha"]) == 0
+    capsys.readouterr()
+    assert main(["sql", "select max(snapshot_id) from lake.snapshots()", "--csv"]) == 0
+    first = int(capsys.readouterr().out.splitlines()[-1])
+    write_jsonl(env["dir"] / "sources" / "a.jsonl", [{"query": "q", "pos": ["p"]}])
+    assert main(["run", "--select", "key:raw/alpha"]) == 0
+    capsys.readouterr()
+    assert main(["sql", "select count(*) from raw.alpha", "--csv", "--at", str(first)]) == 0
+    out = capsys.readouterr().out
+    assert out == "count_star()\n5\n"  # the old version, with \n line ends
+    assert main(["sql", "select count(*) from raw.alpha", "--csv"]) == 0
+    assert capsys.readouterr().out.endswith("\n1\n")
+
+    cmd = (f"{sys.executable} -m dagster_project.cli sql \"select range from range(200000)\" --csv | head -2")
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.stdout == "range\n0\n" and "Traceback" not in done.stderr, done.stderr
+
+
+def test_export_refuses_to_overwrite_without_force(env, capsys, tmp_path):
+    assert main(["run", "--select", "*marts/training_pairs"]) == 0
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("keep me\n")
+    assert main(["export", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "keep me\n"
+    assert main(["export", str(out), "--force"]) == 0
+    assert len(out.read_text().splitlines()) == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -59,3 +59,13 @@ def test_format_inferred_from_the_uri():
     assert Source(name="a", uri="x.data", format="csv").resolved_format() == "csv"
     with pytest.raises(CatalogError, match="cannot infer"):
         Source(name="a", uri="x.data").resolved_format()
+
+
+def test_names_equal_ignoring_case_are_refused_naming_both_entries(tmp_path):
+    for a, b in (("clean", "CLEAN"), ("alpha", "Alpha")):
+        text = f"sources:\n  - {{name: {a}, uri: x.jsonl}}\n  - {{name: {b}, uri: y.jsonl}}\n"
+        with pytest.raises(CatalogError, match=f"'{b}' \\(entry 2\\) equals source '{a}' ignoring case \\(entry 1\\)"):
+            load_catalog(_write(tmp_path, text))
+    for name in ("Rejects", "SYNTHETIC"):
+        with pytest.raises(CatalogError, match=f"source name '{name}' is reserved in any case"):
+            load_catalog(_write(tmp_path, f"sources:\n  - {{name: {name}, uri: x.jsonl}}\n"))

@@ -135,6 +135,19 @@ def test_the_cache_encodes_each_text_once_per_model(tmp_path):
     assert n3 == 1 and n4 == 1  # another model, or the query side, is another key
 
 
+def test_a_truncated_cache_part_is_named_set_aside_and_rebuilt(tmp_path, caplog):
+    encode = lambda texts: np.stack([np.full(4, len(t), dtype=np.float32) for t in texts])  # noqa: E731
+    cache = EmbeddingCache(tmp_path, "model-a")
+    cache.encode(["a", "bb"], "passage", encode)
+    (part,) = list(cache.dir.glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:40])  # what a killed writer without the rename would have left
+    again = EmbeddingCache(tmp_path, "model-a")
+    m, n = again.encode(["a", "bb"], "passage", encode)
+    assert n == 2 and m[:, 0].tolist() == [1.0, 2.0]
+    assert again.damaged == [part] and part.name in caplog.text and "damaged" in caplog.text
+    assert not list(cache.dir.glob(".*tmp"))  # parts are renamed into place, never left half-written
+
+
 def test_a_missing_filter_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         Embedder.from_pretrained(ModelConfig(), str(tmp_path / "no-model"))

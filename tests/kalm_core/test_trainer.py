@@ -53,6 +53,8 @@ def test_bad_input_is_refused_before_training(tmp_path, tiny_bert_dir, capsys):
     dup = pl.read_parquet(snap).with_columns(pl.lit("the same passage").alias("positive"))
     dup.write_parquet(tmp_path / "dup.parquet")
     cases["same positive passage twice"] = ["--snapshot", tmp_path / "dup.parquet", "--config", cfg, "--output", out]
+    cases["changed or was damaged since"] = ["--snapshot", snap, "--sha256", "0" * 64, "--config", cfg,
+                                             "--output", out]
     for message, args in cases.items():
         code, text = run(args, capsys)
         assert code == EXIT_BAD_INPUT and __import__("re").search(message, text), (message, text)

@@ -1,49 +1,151 @@
+"""The lake: readers during writes, writers that wait for each other by name, snapshots, retention."""
+
 import subprocess
 import sys
+import textwrap
 import time
+from pathlib import Path
 
+import polars as pl
 import pytest
 
-from kalm_core import warehouse
+from kalm_core import retention, warehouse
+from kalm_core.locks import LakeBusy
 
-HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
+ROOT = Path(__file__).resolve().parents[2]
+
+# A writer in another process: opens the lake as `owner`, writes table raw.<name> inside a transaction and holds it
+# open for `hold` seconds before committing (a long write), printing 'writing' once the transaction is open.
+WRITER = textwrap.dedent("""
+    import sys, time
+    from kalm_core import warehouse
+    lake, owner, name, rows, hold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+    with warehouse.connect(lake, owner=owner) as con:
+        con.execute("begin transaction")
+        con.execute(f'create or replace table raw."{name}" as select range as i from range({rows})')
+        print("writing", flush=True)
+        time.sleep(hold)
+        con.execute("commit")
+    print("committed", flush=True)
+""")
+
+
+def writer(lake: Path, owner: str, name: str, rows: int, hold: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(lake), owner, name, str(rows), str(hold)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc
+
+
+def wait_for(proc: subprocess.Popen, word: str) -> None:
+    line = proc.stdout.readline().strip()
+    assert line == word, proc.stderr.read()
 
 
 @pytest.fixture
-def locked(tmp_path):
-    path = tmp_path / "w.duckdb"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield path
+def lake(tmp_path):
+    path = tmp_path / "lake"
+    with warehouse.connect(path) as con:
+        warehouse.write(con, "raw", "t", pl.DataFrame({"i": [1, 2, 3]}))
+    return path
+
+
+def test_connect_creates_one_schema_per_layer_and_a_wal_catalogue(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv("KALM_LAKE", str(tmp_path / "x"))
+    with warehouse.connect() as con:
+        schemas = {s for (s,) in con.execute(
+            "select schema_name from information_schema.schemata where catalog_name = 'lake'").fetchall()}
+    assert set(warehouse.LAYERS) <= schemas
+    spec = warehouse.lake_spec()
+    assert spec.home == tmp_path / "x" and (tmp_path / "x" / "data").is_dir()
+    assert sqlite3.connect(spec.sqlite_file).execute("pragma journal_mode").fetchall() == [("wal",)]
+
+
+def test_read_only_on_a_missing_lake_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="kalm run"):
+        with warehouse.connect(tmp_path / "none", read_only=True):
+            pass
+
+
+def test_a_lake_path_that_is_a_file_is_refused(tmp_path):
+    with pytest.raises(warehouse.LakeError, match="a folder, not a file"):
+        warehouse.lake_spec(tmp_path / "warehouse.duckdb")
+    with pytest.raises(warehouse.LakeError, match="KALM_LAKE_DATA"):
+        warehouse.lake_spec("postgres:dbname=kalm")
+
+
+def test_a_reader_sees_the_last_commit_while_another_process_writes(lake):
+    proc = writer(lake, "run A", "t", 1000, hold=4)
+    wait_for(proc, "writing")
+    t0 = time.monotonic()
+    with warehouse.connect(lake, read_only=True) as con:
+        assert warehouse.count(con, "raw", "t") == 3  # the committed version, not the open transaction
+    assert time.monotonic() - t0 < 3
+    wait_for(proc, "committed")
+    proc.wait()
+    with warehouse.connect(lake, read_only=True) as con:
+        assert warehouse.count(con, "raw", "t") == 1000
+
+
+def test_a_second_writer_waits_and_names_the_run_it_waits_for(lake):
+    proc = writer(lake, "run A", "t", 1000, hold=3)
+    wait_for(proc, "writing")
+    told: list[str] = []
+    with pytest.raises(LakeBusy, match="run A"):  # too impatient: fails naming the other run, writes nothing
+        with warehouse.connect(lake, owner="run B", wait_s=0.5, on_wait=told.append):
+            pass
+    assert told and "run A" in told[0]
+    with warehouse.connect(lake, owner="run B", on_wait=told.append) as con:  # patient: waits, then writes
+        assert warehouse.count(con, "raw", "t") == 1000  # sees A's whole table, never half of it
+        warehouse.write(con, "raw", "t", pl.DataFrame({"i": [7]}))
+    proc.wait()
+    assert proc.returncode == 0
+    with warehouse.connect(lake, read_only=True) as con:
+        assert con.execute("select i from raw.t").fetchall() == [(7,)]
+
+
+def test_writers_of_different_tables_both_finish(lake):
+    procs = [writer(lake, f"run {n}", n, 500, hold=0.5) for n in ("a", "b", "c")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "committed" in out, err
+    with warehouse.connect(lake, read_only=True) as con:
+        assert [warehouse.count(con, "raw", n) for n in ("a", "b", "c")] == [500, 500, 500]
+
+
+def test_a_killed_writer_leaves_the_lake_unlocked_and_its_table_unchanged(lake):
+    proc = writer(lake, "run A", "t", 1000, hold=60)
+    wait_for(proc, "writing")
     proc.kill()
     proc.wait()
+    with warehouse.connect(lake, wait_s=5) as con:  # the kernel freed the lock with the process
+        assert warehouse.count(con, "raw", "t") == 3
 
 
-def test_a_locked_warehouse_fails_fast_with_a_clear_message(locked):
-    for read_only in (False, True):
-        t0 = time.monotonic()
-        with pytest.raises(warehouse.WarehouseLocked, match=r"locked by another process.*KALM_WAREHOUSE"):
-            warehouse.connect(locked, read_only=read_only, wait_s=1.0)
-        assert time.monotonic() - t0 < 10
-
-
-def test_cli_reports_the_lock(locked, monkeypatch, capsys):
-    from dagster_project.cli import main
-
-    monkeypatch.setenv("KALM_WAREHOUSE", str(locked))
-    assert main(["sql", "select 1"]) == 2
-    assert "locked by another process" in capsys.readouterr().err
-
-
-def test_connect_creates_one_schema_per_layer(tmp_path, monkeypatch):
-    monkeypatch.setenv("KALM_WAREHOUSE", str(tmp_path / "x" / "env.duckdb"))
-    assert warehouse.warehouse_path() == tmp_path / "x" / "env.duckdb"
-    con = warehouse.connect()
-    schemas = {s for (s,) in con.execute("select schema_name from information_schema.schemata").fetchall()}
-    con.close()
-    assert set(warehouse.LAYERS) <= schemas
-
-
-def test_read_only_on_a_missing_warehouse_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="kalm run"):
-        warehouse.connect(tmp_path / "none.duckdb", read_only=True)
+def test_snapshots_time_travel_and_retention(tmp_path):
+    path = tmp_path / "lake"
+    with warehouse.connect(path) as con:
+        snaps = []
+        for k, n in enumerate((3, 5, 8)):
+            warehouse.write(con, "batched", "batches", pl.DataFrame({"i": list(range(n))}))
+            snaps.append(warehouse.snapshot_id(con))
+            warehouse.write(con, "training", "runs", pl.DataFrame(
+                {"run_id": [f"r{j}" for j in range(k + 1)], "batches_snapshot": snaps,
+                 "finished_at": list(range(k + 1))}))
+    with warehouse.connect(path, at=snaps[0]) as con:
+        assert warehouse.count(con, "batched", "batches") == 3
+    with warehouse.connect(path) as con:
+        kept = retention.maintain(con, keep_runs=2)
+        assert kept.kept_from == snaps[1] and kept.expired > 0
+        remaining = {s for (s,) in con.execute("select snapshot_id from lake.snapshots()").fetchall()}
+        assert min(remaining) >= snaps[1]
+        con.execute("set variable snap = (select batches_snapshot from training.runs where run_id = 'r1')")
+        assert con.execute("select count(*) from batched.batches at (version => getvariable('snap'))"
+                           ).fetchall() == [(5,)]  # "which rows trained model r1": still answerable
+    with pytest.raises(warehouse.LakeError):
+        with warehouse.connect(path, at=snaps[0]):
+            pass
+    with pytest.raises(ValueError, match="at least 1"):
+        with warehouse.connect(path) as con:
+            retention.maintain(con, keep_runs=0)
