@@ -19,6 +19,7 @@ import polars as pl
 
 from kalm_core.catalog import Source
 from kalm_core.identifiers import table
+from kalm_core.warehouse import load_extensions
 
 # Fallback names for an unmapped file, FlagEmbedding's first.
 _DEFAULT_NAMES = {"query": ["query"], "positive": ["pos", "positive"], "negatives": ["neg", "negatives"]}
@@ -76,6 +77,8 @@ def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
     fmt = src.resolved_format()
     if _is_local(uri) and not glob.glob(uri):
         raise SourceError(f"source {src.name!r}: no file matches {uri}")
+    if not _is_local(uri):  # https://, s3://, hf://: httpfs from its pinned package, never downloaded
+        load_extensions(con, "httpfs")
     con.execute("drop table if exists _kalm_rejects; drop table if exists _kalm_scans")
     try:
         if fmt == "jsonl":
