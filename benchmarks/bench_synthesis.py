@@ -30,9 +30,8 @@ def measure(url: str, concurrency: int, n: int, tmp: Path) -> float:
                                  "task_type": ["short-long"] * n, "persona_id": ["p"] * n, "brainstorm_key": ["k"] * n})
     requests = generation_requests(instructions, SynthesisConfig(sts_examples=0, bitext_examples=0))
     backend = make_backend(BackendConfig(kind="openai", model="loopback", base_url=url, concurrency=concurrency))
-    con = warehouse.connect(tmp / f"c{concurrency}.duckdb")
-    stats = run_stage(backend, GenerationStore(con), GENERATE, requests)
-    con.close()
+    with warehouse.connect(tmp / f"lake{concurrency}") as con:
+        stats = run_stage(backend, GenerationStore(con), GENERATE, requests)
     assert stats.ok == n, stats
     return stats.requests_per_s
 

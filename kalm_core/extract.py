@@ -21,6 +21,7 @@ from kalm_core.catalog import Source
 from kalm_core.identifiers import table
 from kalm_core.warehouse import load_extensions
 
+KEY_SAMPLE_LINES = 20_480  # lines whose keys decide the columns, like DuckDB's read_json sample
 # Fallback names for an unmapped file, FlagEmbedding's first.
 _DEFAULT_NAMES = {"query": ["query"], "positive": ["pos", "positive"], "negatives": ["neg", "negatives"]}
 
@@ -89,11 +90,7 @@ def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
                 "store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
                 {"u": uri},
             )
-            keys = con.execute(
-                "with objects as (select try(json_keys(line)) as k from _kalm_lines "
-                "where starts_with(ltrim(line), '{')) select distinct unnest(k) from objects"
-            ).fetchall()
-            return "jsonl", sorted(k for (k,) in keys), {}
+            return "jsonl", _jsonl_keys(con, src), {}
         reader = {
             "parquet": "read_parquet($u)",
             "json": "read_json_auto($u)",
@@ -104,6 +101,23 @@ def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
         return fmt, list(types), types
     except duckdb.Error as e:
         raise SourceError(f"source {src.name!r} could not be read from {uri}: {e}") from None
+
+
+def _jsonl_keys(con, src: Source) -> list[str]:
+    """The object keys of the file's lines: those of a sample (as DuckDB's own readers sample), or of every line
+    when the sample lacks a column the mapping needs."""
+    def keys(limit: str) -> list[str]:
+        rows = con.execute(
+            f"with objects as (select try(json_keys(line)) as k from (select line from _kalm_lines {limit}) "
+            "where starts_with(ltrim(line), '{')) select distinct unnest(k) from objects").fetchall()
+        return sorted(k for (k,) in rows)
+
+    sample = keys(f"limit {KEY_SAMPLE_LINES}")
+    try:
+        _resolve_columns(src, sample, "")
+        return sample
+    except SourceError:
+        return keys("")
 
 
 def _rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:

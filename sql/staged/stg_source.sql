@@ -46,34 +46,28 @@ classified as (
     from normalised
 ),
 
-hashed as (
-    select *, md5(query || chr(31) || positive) as pair_id
-    from classified
-    where reject_reason is null
-),
-
-deduplicated as (
+numbered as (
     select
         *,
-        row_number() over (partition by pair_id order by row_number, positive_index) as copy_number
-    from hashed
+        -- a pure content hash: the same pair has the same id in every source
+        case when reject_reason is null then md5(query || chr(31) || positive) end as pair_id
+    from classified
 ),
 
 dispositions as (
     select
-        pair_id,
-        case when copy_number = 1 then 'kept' else 'duplicate' end as status,
-        case when copy_number > 1 then 'duplicate of an earlier row' end as reason,
-        * exclude (pair_id, reject_reason, copy_number)
-    from deduplicated
-    union all by name
-    select
-        cast(null as varchar) as pair_id,
-        'rejected' as status,
-        reject_reason as reason,
-        * exclude (reject_reason)
-    from classified
-    where reject_reason is not null
+        * exclude (reject_reason),
+        case
+            when reject_reason is not null then 'rejected'
+            when row_number() over (partition by pair_id order by row_number, positive_index) = 1 then 'kept'
+            else 'duplicate'
+        end as status,
+        case
+            when reject_reason is not null then reject_reason
+            when row_number() over (partition by pair_id order by row_number, positive_index) > 1
+                then 'duplicate of an earlier row'
+        end as reason
+    from numbered
 )
 
 select
