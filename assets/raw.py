@@ -9,6 +9,7 @@ from assets.resources import WarehouseResource
 from kalm_core import extract, python_docs
 from kalm_core.catalog import Catalog, Source
 from assets.common import table_metadata
+from kalm_core.identifiers import table
 
 RAW_CODE_VERSION = "raw-1"
 
@@ -45,12 +46,40 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
             else:
                 stats = extract.load_file_source(con, src, catalog.base_dir)
             meta = table_metadata(con, "raw", src.name, records=stats.records, malformed_records=stats.malformed,
-                                  uri=src.resolved_uri(catalog.base_dir) if src.uri else "python-docs")
+                                  uri=src.resolved_uri(catalog.base_dir) if src.uri else "python-docs",
+                                  records_in_file=-1 if stats.file_records is None else stats.file_records,
+                                  max_rows=src.max_rows or 0)
         context.log.info(f"raw/{src.name}: {stats.rows} rows from {stats.records} records")
         return dg.MaterializeResult(metadata=meta)
 
     return _raw
 
 
-def build(catalog: Catalog) -> list:
-    return [a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))]
+def build_file_accounting_check(src: Source) -> dg.AssetChecksDefinition:
+    key = dg.AssetKey(["raw", src.name])
+
+    @dg.asset_check(asset=key, name="file_accounting", blocking=True,
+                    description="records in the file (counted before parsing) = records in raw, loaded or quarantined")
+    def _file_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
+        in_file, cap = meta["records_in_file"].value, meta["max_rows"].value
+        with warehouse.connect(read_only=True) as con:
+            in_raw, errors = con.execute(
+                f"select count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
+                f"from {table('raw', src.name)}").fetchall()[0]
+        if in_file < 0:  # a remote file: its records are what its reader returned
+            return dg.AssetCheckResult(passed=True, metadata={"records_in_raw": in_raw, "records_in_file": "remote"})
+        expected = min(in_file, cap) if cap else in_file
+        return dg.AssetCheckResult(
+            passed=in_raw == expected,
+            metadata={"records_in_file": in_file, "max_rows": cap, "expected_records": expected,
+                      "records_in_raw": in_raw, "quarantined_records": errors},
+            description=None if in_raw == expected else
+            f"{src.name}: {expected} records in the file but {in_raw} in raw: {expected - in_raw} lost")
+
+    return _file_accounting
+
+
+def build(catalog: Catalog) -> tuple[list, list]:
+    return ([a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))],
+            [build_file_accounting_check(s) for s in catalog.sources])

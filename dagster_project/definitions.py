@@ -23,6 +23,7 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     catalog = load_catalog(catalog_path)
     built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
              "filtered": [s.name for s in catalog.sources if not s.held_out] + ["synthetic"]}
+    raw_assets, raw_checks = raw.build(catalog)
     staged_assets, staged_checks = staged.build(catalog)
     filtered_assets, filtered_checks = filtered.build(catalog)
     sql_assets, sql_checks = marts.build(built)
@@ -30,12 +31,12 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     synthetic_assets, synthetic_checks = synthetic.build()
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()
-    assets = [*raw.build(catalog), *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
+    assets = [*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
               *batched_assets, *training_assets, *eval_assets]
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
+        asset_checks=[*raw_checks, *staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
                       *eval_checks],
         jobs=automation.jobs(layers),
         resources={

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import glob
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from kalm_core import records
 from kalm_core.catalog import Source
 from kalm_core.identifiers import table
 from kalm_core.warehouse import load_extensions
@@ -35,6 +36,7 @@ class RawStats:
     records: int  # records read from the file
     rows: int  # raw rows written (one per positive)
     malformed: int  # records kept with a load_error
+    file_records: int | None = None  # physical records of the file, counted before parsing (None: remote)
 
 
 def _qcol(name: str) -> str:
@@ -73,34 +75,55 @@ def _resolve_columns(src: Source, available: list[str], uri: str) -> dict[str, s
     return chosen
 
 
-def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict]:
-    """Read the file into temp table _kalm_src; returns (reader kind, available columns, describe types)."""
+def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | None]:
+    """Read the file into temp table _kalm_lines (jsonl) or _kalm_src; returns (reader kind, available columns,
+    describe types, physical records of the file or None where they cannot be counted before reading)."""
     fmt = src.resolved_format()
     if _is_local(uri) and not glob.glob(uri):
         raise SourceError(f"source {src.name!r}: no file matches {uri}")
     if not _is_local(uri):  # https://, s3://, hf://: httpfs from its pinned package, never downloaded
         load_extensions(con, "httpfs")
-    con.execute("drop table if exists _kalm_rejects; drop table if exists _kalm_scans")
+    con.execute("drop table if exists _kalm_rejects; drop table if exists _kalm_scans; "
+                "drop table if exists _kalm_py_rejects")
     try:
         if fmt == "jsonl":
-            # One VARCHAR per line; DuckDB parks undecodable lines in reject_errors instead of failing.
-            con.execute(
-                "create or replace temp table _kalm_lines as select line from read_csv($u, columns={'line': "
-                "'VARCHAR'}, header=false, delim=chr(31), quote='', escape='', auto_detect=false, "
-                "store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
-                {"u": uri},
-            )
-            return "jsonl", _jsonl_keys(con, src), {}
+            n_records = _stage_lines(con, uri)
+            return "jsonl", _jsonl_keys(con, src), {}, n_records
         reader = {
             "parquet": "read_parquet($u)",
             "json": "read_json_auto($u)",
             "csv": "read_csv($u, store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
         }[fmt]
+        n_records = records.physical_records(uri, fmt)
         con.execute(f"create or replace temp table _kalm_src as select * from {reader}", {"u": uri})
         types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
-        return fmt, list(types), types
+        return fmt, list(types), types, n_records
     except duckdb.Error as e:
         raise SourceError(f"source {src.name!r} could not be read from {uri}: {e}") from None
+
+
+def _stage_lines(con, uri: str) -> int | None:
+    """jsonl -> _kalm_lines, one VARCHAR per line. DuckDB's reader parks undecodable lines in _kalm_rejects; a
+    file with a CR, a NUL or an over-long line is split in Python instead (records.py), its odd lines parked in
+    _kalm_py_rejects with their reasons. Returns the file's physical line count (None for a remote file)."""
+    scan = records.scan_lines(records.files(uri)) if _is_local(uri) else None
+    if scan is not None and scan.needs_python_split():
+        good, bad = records.split_lines(records.files(uri))
+        con.register("_kalm_good", pl.DataFrame({"line": good}, schema={"line": pl.Utf8}).to_arrow())
+        con.execute("create or replace temp table _kalm_lines as select line from _kalm_good")
+        con.unregister("_kalm_good")
+        con.register("_kalm_bad", pl.DataFrame(bad, schema={"line": pl.Int64, "csv_line": pl.Utf8,
+                                                            "reason": pl.Utf8}, orient="row").to_arrow())
+        con.execute("create or replace temp table _kalm_py_rejects as select * from _kalm_bad")
+        con.unregister("_kalm_bad")
+        return scan.records
+    con.execute(
+        "create or replace temp table _kalm_lines as select line from read_csv($u, columns={'line': 'VARCHAR'}, "
+        "header=false, delim=chr(31), quote='', escape='', auto_detect=false, max_line_size=$max, "
+        "store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
+        {"u": uri, "max": records.MAX_RECORD_BYTES + 16},
+    )
+    return scan.records if scan is not None else None
 
 
 def _jsonl_keys(con, src: Source) -> list[str]:
@@ -121,9 +144,12 @@ def _jsonl_keys(con, src: Source) -> list[str]:
 
 
 def _rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
-    """(record ordinal, original text, reason) of every line DuckDB's reader rejected."""
-    exists = con.execute("select count(*) from duckdb_tables() where table_name = '_kalm_rejects'").fetchall()[0][0]
-    if not exists:
+    """(record ordinal, original text, reason) of every line DuckDB's reader, or the Python split, rejected."""
+    tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where table_name in "
+                                        "('_kalm_rejects', '_kalm_py_rejects')").fetchall()}
+    if "_kalm_py_rejects" in tables:
+        return con.execute("select line, csv_line, reason from _kalm_py_rejects order by line").fetchall()
+    if "_kalm_rejects" not in tables:
         return []
     header = 1 if kind == "csv" else 0  # reject line numbers count the CSV header line
     return con.execute(
@@ -149,23 +175,33 @@ def _normalise_jsonl(con, cols: dict) -> None:
     neg_sql = ("list_concat(" + ", ".join(negatives) + ")" if len(negatives) > 1
                else negatives[0] if negatives else "cast([] as varchar[])")
     rid = f"{rec(cols['id'])} ->> '$'" if cols.get("id") else "cast(null as varchar)"
-    ok = "rec is not null"
+    q, pos = rec(cols["query"]), rec(cols["positive"])
+    # a query or positive must be text: a list or an object is a load error, never its JSON text
+    type_error = (f"case when json_type({q}) not in ('VARCHAR', 'NULL') then 'query is not text (' || json_type({q}) "
+                  f"|| ')' when json_type({pos}) = 'ARRAY' and list_bool_or(list_transform(from_json({pos}, "
+                  f"'[\"JSON\"]'), lambda e: json_type(e) not in ('VARCHAR', 'NULL'))) then 'positive is not text' "
+                  f"when json_type({pos}) not in ('VARCHAR', 'NULL', 'ARRAY') then 'positive is not text (' || "
+                  f"json_type({pos}) || ')' end")
     con.execute(
         f"""create or replace temp table _kalm_norm as
         with parsed as (
             select rowid + 1 as ordinal, line,
                    case when starts_with(ltrim(line), '{{') then try(json_transform(line, $structure)) end as rec
             from _kalm_lines
+        ),
+        checked as (
+            select *, case when rec is null then 'malformed json' else {type_error} end as load_error
+            from parsed
         )
         select ordinal,
-               case when {ok} then {rec(cols['query'])} ->> '$' end as query,
-               case when {ok} then {_json_list(rec(cols['positive']))} else cast([] as varchar[]) end as positives,
-               case when {ok} then list_filter({neg_sql}, lambda x: x is not null) else cast([] as varchar[]) end
-                   as negatives,
-               case when {ok} then {rid} end as record_id,
-               case when {ok} then null else 'malformed json' end as load_error,
-               case when {ok} then null else line end as raw_record
-        from parsed""",
+               case when load_error is null then {q} ->> '$' end as query,
+               case when load_error is null then {_json_list(pos)} else cast([] as varchar[]) end as positives,
+               case when load_error is null then list_filter({neg_sql}, lambda x: x is not null)
+                    else cast([] as varchar[]) end as negatives,
+               case when rec is not null then {rid} end as record_id,
+               load_error,
+               case when load_error is null then null else line end as raw_record
+        from checked""",
         {"structure": structure},
     )
 
@@ -179,6 +215,18 @@ def _normalise_table(con, cols: dict, types: dict) -> None:
     negatives = "list_concat(" + ", ".join(as_list(n) for n in names) + ")" if len(names) > 1 else (
         as_list(names[0]) if names else "cast([] as varchar[])")
     rid = f"cast({_qcol(cols['id'])} as varchar)" if cols.get("id") else "null"
+    qtype, ptype = types[cols["query"]], types[cols["positive"]]
+    # a typed column that is not text makes every row a load error with the type named, never its text form
+    error = (f"query is not text ({qtype})" if qtype != "VARCHAR"
+             else f"positive is not text ({ptype})" if ptype not in ("VARCHAR", "VARCHAR[]") else None)
+    if error:
+        con.execute(
+            f"""create or replace temp table _kalm_norm as
+            select rowid + 1 as ordinal, cast(null as varchar) as query, cast([] as varchar[]) as positives,
+                   cast([] as varchar[]) as negatives, {rid} as record_id, $error as load_error,
+                   cast(to_json(_kalm_src) as varchar) as raw_record
+            from _kalm_src""", {"error": error})
+        return
     con.execute(
         f"""create or replace temp table _kalm_norm as
         select rowid + 1 as ordinal,
@@ -257,7 +305,9 @@ def _finish(con, src: Source) -> RawStats:
 def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     """Read a `file` source into raw.<name>."""
     uri = src.resolved_uri(base_dir)
-    kind, available, types = _stage_file(con, src, uri)
+    kind, available, types, n_records = _stage_file(con, src, uri)
+    if n_records == 0:
+        raise SourceError(f"source {src.name!r}: {uri} holds no records (an empty file)")
     cols = _resolve_columns(src, available, uri)
     rejected = _rejected_lines(con, kind)
     if kind == "jsonl":
@@ -265,7 +315,7 @@ def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     else:
         _normalise_table(con, cols, types)
     _add_rejected_lines(con, rejected)
-    return _finish(con, src)
+    return replace(_finish(con, src), file_records=n_records)
 
 
 def load_frame_source(con, src: Source, frame: pl.DataFrame) -> RawStats:
@@ -276,7 +326,7 @@ def load_frame_source(con, src: Source, frame: pl.DataFrame) -> RawStats:
     con.register("_kalm_frame", frame.to_arrow())
     con.execute("create or replace temp table _kalm_norm as select * from _kalm_frame")
     con.unregister("_kalm_frame")
-    return _finish(con, src)
+    return replace(_finish(con, src), file_records=frame.height)
 
 
 def file_fingerprint(src: Source, base_dir: Path) -> str:

@@ -63,3 +63,57 @@ def test_malformed_and_non_utf8_lines_are_kept_with_a_reason(con, tmp_path):
     assert errors[0] is None and errors[3] is None
     assert "ENCODING" in errors[1].upper() and errors[2] == "malformed json"
     assert df["raw_record"][2] == "{not json" and df["positive"][3] == "p4"
+
+
+GOOD = b'{"query": "how to sort", "pos": ["use sorted"]}\n'
+BAD_RECORDS = {
+    # name: (the odd record's bytes, the reason its raw row carries)
+    "over_long": (b'{"query": "big", "pos": ["' + b"x" * 2000 + b'"]}\n', "record over 1000 bytes"),
+    "stray_cr": (b'{"query": "a", "pos": ["b"]}\r{"query": "c", "pos": ["d"]}\n', "stray CR inside the record"),
+    "nul": (b'{"query": "a\x00", "pos": ["b"]}\n', "NUL byte in record"),
+    "truncated_last": (b'{"query": "cut", "pos": ["of', "malformed json"),
+    "list_query": (b'{"query": ["mn 21"], "pos": ["b"]}\n', "query is not text (ARRAY)"),
+    "object_positive": (b'{"query": "a", "pos": [{"text": "b"}]}\n', "positive is not text"),
+    "number_positive": (b'{"query": "a", "pos": 7}\n', "positive is not text (UBIGINT)"),
+    "invalid_utf8": (b'{"query": "caf\xe9", "pos": ["b"]}\n', "Invalid unicode"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_each_odd_record_is_one_quarantined_row_and_the_rest_loads(con, tmp_path, monkeypatch, case):
+    from kalm_core import records
+
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 1000)
+    odd, reason = BAD_RECORDS[case]
+    body = GOOD + odd + (GOOD if odd.endswith(b"\n") else b"")
+    (tmp_path / "f.jsonl").write_bytes(body)
+    stats = load_file_source(con, Source(name="f", uri="f.jsonl"), tmp_path)
+    df = rows(con, "f")
+    n_lines = 3 if odd.endswith(b"\n") else 2
+    assert stats.file_records == n_lines == stats.records == df["row_number"].n_unique()  # nothing lost
+    bad = df.filter(pl.col("load_error").is_not_null())
+    assert bad["row_number"].to_list() == [2] and reason in bad["load_error"][0], bad["load_error"][0]
+    assert bad["raw_record"][0]  # the original text (or its start) is kept
+    good = df.filter(pl.col("load_error").is_null())
+    assert good["query"].to_list() == ["how to sort"] * (n_lines - 1) and good["row_number"].to_list() == \
+        [1, 3][: n_lines - 1]
+
+
+def test_crlf_lines_load_like_lf_lines(con, tmp_path):
+    (tmp_path / "w.jsonl").write_bytes(GOOD.replace(b"\n", b"\r\n") * 2 + GOOD)
+    stats = load_file_source(con, Source(name="w", uri="w.jsonl"), tmp_path)
+    df = rows(con, "w")
+    assert stats.file_records == 3 and df["load_error"].null_count() == 3 and df["query"].to_list() == ["how to sort"] * 3
+
+
+def test_a_typed_list_query_column_is_a_load_error_per_row(con, tmp_path):
+    pl.DataFrame({"query": [["a"], ["b"]], "pos": ["x", "y"]}).write_parquet(tmp_path / "l.parquet")
+    load_file_source(con, Source(name="l", uri="l.parquet"), tmp_path)
+    df = rows(con, "l")
+    assert df["load_error"].to_list() == ["query is not text (VARCHAR[])"] * 2 and df["query"].null_count() == 2
+
+
+def test_an_empty_file_is_a_clear_error(con, tmp_path):
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    with pytest.raises(SourceError, match="holds no records"):
+        load_file_source(con, Source(name="e", uri="e.jsonl"), tmp_path)
