@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from assets.training import EMBEDDER
+from assets.training import CANDIDATE, RESULTS
 from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import plots
 from kalm_core import warehouse as wh
@@ -11,10 +11,8 @@ from kalm_core.config import get_profile, resolve_model_path
 from kalm_core.evaluation import HELD_OUT_TASK, evaluate_model, heldout_task, load_real_tasks
 from kalm_core.identifiers import table
 
-RESULTS = dg.AssetKey(["evaluation", "mteb_results"])
 
-
-@dg.asset(key=RESULTS, deps=[EMBEDDER, dg.AssetKey(["marts", "eval_pairs"])], group_name="evaluation",
+@dg.asset(key=RESULTS, deps=[CANDIDATE, dg.AssetKey(["marts", "eval_pairs"])], group_name="evaluation",
           kinds={"pytorch", "duckdb"}, code_version="evaluation-1",
           description="nDCG@10 and friends per task, dim and role (base or trained), through mteb.evaluate.")
 def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -22,7 +20,7 @@ def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     profile = get_profile(settings.profile)
     with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select query, positive, instruction from {table('marts', 'eval_pairs')}").pl()
-        trained = con.execute(f"select model_path from {table('training', 'embedder')}").fetchall()[0][0]
+        trained = con.execute(f"select model_path from {table('training', 'candidate')}").fetchall()[0][0]
     if profile.eval.max_eval_pairs:
         pairs = pairs.sample(n=min(profile.eval.max_eval_pairs, pairs.height), seed=0)
     real, skipped = load_real_tasks(profile.eval.mteb_tasks)
@@ -51,20 +49,27 @@ def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         "score_vs_dim": dg.MetadataValue.md(plots.score_vs_dim(series)), "trained_model": trained})
 
 
-@dg.asset_check(asset=RESULTS, name="trained_beats_base",
-                description="the fine-tuned model beats the base embedder on the held-out task at full dim")
-def trained_beats_base(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+@dg.asset_check(asset=RESULTS, name="candidate_beats_base", blocking=True,
+                description="the candidate beats its base on the held-out task at full dim (by the profile's "
+                            "eval.promote_min_gain); only then is it promoted to training/embedder")
+def candidate_beats_base(warehouse: WarehouseResource, settings: SettingsResource) -> dg.AssetCheckResult:
+    min_gain = get_profile(settings.profile).eval.promote_min_gain
     with warehouse.connect(read_only=True) as con:
         scores = dict(con.execute(
             f"select role, score from {table('evaluation', 'mteb_results')} where task_name = ? and metric = "
             f"'ndcg_at_10' and dim = (select max(dim) from {table('evaluation', 'mteb_results')})",
             [HELD_OUT_TASK]).fetchall())
+        path = con.execute(f"select model_path from {table('training', 'candidate')}").fetchall()[0][0]
+    trained, base = scores.get("trained"), scores.get("base")
+    passed = trained is not None and base is not None and trained - base >= min_gain
     return dg.AssetCheckResult(
-        passed=scores.get("trained", 0) > scores.get("base", 0),
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"trained_ndcg_at_10": scores.get("trained"), "base_ndcg_at_10": scores.get("base"),
-                  "expected": "trained > base"})
+        passed=passed,
+        metadata={"trained_ndcg_at_10": trained, "base_ndcg_at_10": base, "min_gain": min_gain,
+                  "expected": "trained - base >= min_gain", "candidate": dg.MetadataValue.path(path)},
+        description=None if passed else f"the candidate at {path} scores {trained} against the base's {base} "
+                                        f"(needs a gain of {min_gain}): not promoted; training/embedder keeps its "
+                                        "previous model, the candidate stays on disk")
 
 
 def build() -> tuple[list, list]:
-    return [mteb_results], [trained_beats_base]
+    return [mteb_results], [candidate_beats_base]

@@ -12,7 +12,7 @@ from kalm_core import warehouse as wh
 from kalm_core.synthesis.backends import BackendConfig, make_backend
 from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, PAIR_SCHEMA, REJECT_SCHEMA, SynthesisConfig,
                                           brainstorm_requests, collect_examples, collect_instructions,
-                                          generation_requests, run_stage)
+                                          failed_share, generation_requests, run_stage)
 from kalm_core.synthesis.personas import load_personas
 from kalm_core.synthesis.store import GenerationStore
 
@@ -116,5 +116,28 @@ def request_accounting(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckR
                                and n["not_answered"] == 0, metadata=n)
 
 
+def build_backend_health_check(key: dg.AssetKey, stage: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=key, name="llm_failures_below_threshold", blocking=True,
+                    description=f"at most {SynthesisConfig.max_failed_share:.0%} of the {stage} requests failed: "
+                                "a dead or overloaded backend fails the run instead of yielding an empty layer")
+    def _health(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
+        if "sent" not in meta:  # no backend configured: the stage is off, as its metadata says
+            return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
+        failed, requests = meta["failed"].value, meta["requests"].value
+        share, limit = failed_share(failed, requests), SynthesisConfig.max_failed_share
+        backend = meta["backend"].value
+        return dg.AssetCheckResult(
+            passed=share <= limit,
+            metadata={"failed": failed, "requests": requests, "failed_share": share, "max_failed_share": limit},
+            description=None if share <= limit else
+            f"{failed} of {requests} {stage} requests failed ({share:.0%} > {limit:.0%}): is the LLM backend at "
+            f"{backend.get('base_url') or backend.get('backend')} up? Failed requests are retried by the next run.")
+
+    return _health
+
+
 def build() -> tuple[list, list]:
-    return [personas, instructions, examples], [request_accounting]
+    return ([personas, instructions, examples],
+            [request_accounting, build_backend_health_check(INSTRUCTIONS, "brainstorm"),
+             build_backend_health_check(EXAMPLES, "generation")])

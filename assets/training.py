@@ -1,4 +1,5 @@
-"""Layer training: fine-tune the embedder in its own process (torchrun when nproc > 1) on the batch snapshot."""
+"""Layer training: fine-tune a candidate in its own process (torchrun when nproc > 1) on the batch snapshot; the
+candidate becomes training.embedder only after the blocking evaluation check shows it beats its base."""
 
 import json
 import subprocess
@@ -17,8 +18,10 @@ from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
 from kalm_core.identifiers import table
 
+CANDIDATE = dg.AssetKey(["training", "candidate"])
 EMBEDDER = dg.AssetKey(["training", "embedder"])
 RUNS = dg.AssetKey(["training", "runs"])
+RESULTS = dg.AssetKey(["evaluation", "mteb_results"])
 
 
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
@@ -29,13 +32,13 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(EMBEDDER, deps=[BATCHES], group_name="training", kinds={"pytorch"},
-                        description="The current fine-tuned embedder (one row: its path and run)."),
+    specs=[dg.AssetSpec(CANDIDATE, deps=[BATCHES], group_name="training", kinds={"pytorch"},
+                        description="The latest fine-tuned model (one row: its path and run), not yet promoted."),
            dg.AssetSpec(RUNS, deps=[BATCHES], group_name="training", kinds={"duckdb"},
                         description="Every training run, appended.")],
     code_version="training-1",
 )
-def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
+def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     profile = get_profile(settings.profile)
     profile = replace(profile, model=replace(profile.model, base_model=resolve_model_path(profile.model.base_model)))
     event = context.instance.get_latest_materialization_event(BATCHES)
@@ -76,14 +79,14 @@ def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, se
                          "tokens_per_s": summary["tokens_per_s"], "snapshot": snapshot,
                          "batches_snapshot": lake_snapshot, "started_at": started, "finished_at": finished}])
     with warehouse.connect() as con:
-        wh.write(con, "training", "embedder", row)
+        wh.write(con, "training", "candidate", row)
         con.register("_run", row.to_arrow())
         con.execute(f"create table if not exists {table('training', 'runs')} as select * from _run limit 0")
         con.execute(f"insert into {table('training', 'runs')} by name select * from _run")
         n_runs = wh.count(con, "training", "runs")
         lake_snap = wh.snapshot_id(con)
     curve = plots.loss_curve([r["step"] for r in records], [r["loss"] for r in records])
-    yield dg.MaterializeResult(asset_key=EMBEDDER, metadata={
+    yield dg.MaterializeResult(asset_key=CANDIDATE, metadata={
         "model_path": dg.MetadataValue.path(summary["model_path"]), "steps": summary["steps"],
         "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
         "tokens_per_s": summary["tokens_per_s"], "loss_curve": dg.MetadataValue.md(curve),
@@ -93,5 +96,17 @@ def embedder(context: dg.AssetExecutionContext, warehouse: WarehouseResource, se
                                                          "lake_snapshot": dg.MetadataValue.int(lake_snap)})
 
 
+@dg.asset(key=EMBEDDER, deps=[RESULTS], group_name="training", kinds={"duckdb"}, code_version="promote-1",
+          description="The promoted embedder: the candidate, once the blocking check on evaluation/mteb_results "
+                      "showed it beats its base on the held-out split.")
+def embedder(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        row = con.sql(f"select * from {table('training', 'candidate')}").pl()
+        wh.write(con, "training", "embedder", row)
+        snap = wh.snapshot_id(con)
+    return dg.MaterializeResult(metadata={"model_path": dg.MetadataValue.path(row["model_path"][0]),
+                                          "run_id": row["run_id"][0], "lake_snapshot": dg.MetadataValue.int(snap)})
+
+
 def build() -> tuple[list, list]:
-    return [embedder], []
+    return [candidate, embedder], []

@@ -46,6 +46,9 @@ def cmd_run(args) -> int:
     from dagster_project import runner
     from dagster_project.definitions import build_defs
 
+    from kalm_core.config import get_profile
+
+    get_profile(args.profile)  # an unknown profile is an error before anything runs
     defs = build_defs(profile=args.profile)
     inst = runner.instance()
     if args.stale:
@@ -148,8 +151,13 @@ def cmd_sources(args) -> int:
 def cmd_export(args) -> int:
     from kalm_core.export import export_flagembedding
 
+    parts = args.table.split(".")
+    if len(parts) != 2:
+        raise ValueError(f"--table {args.table!r}: give one table as layer.name, e.g. marts.training_pairs")
     with wh.connect(read_only=True) as con:
-        n = export_flagembedding(con, args.out, *args.table.split("."), overwrite=args.force)
+        if not wh.exists(con, *parts):
+            raise ValueError(f"--table {args.table}: no such table in the lake")
+        n = export_flagembedding(con, args.out, *parts, overwrite=args.force)
     print(f"wrote {n:,d} pairs from {args.table} to {args.out}")
     return 0
 

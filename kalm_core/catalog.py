@@ -111,6 +111,8 @@ class Catalog(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Catalog":
+        if not self.sources:
+            raise ValueError("the catalogue lists no sources: add at least one under `sources:`")
         seen: dict[str, tuple[int, str]] = {}
         for i, s in enumerate(self.sources, 1):
             key = s.name.lower()  # DuckDB compares identifiers ignoring case: alpha and ALPHA are one table

@@ -22,6 +22,9 @@ def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str =
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pass --force to overwrite it")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ValueError(f"cannot write {out}: {next(p for p in out.parents if p.exists() and not p.is_dir())} "
+                         "is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     src = table(layer, name)
     query = (f"select query, [positive] as pos, negatives as neg, instruction as prompt, task_type as type "

@@ -48,7 +48,7 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     runner.observe_sources(defs, inst)
     stale = _keys(runner.stale_keys(defs, inst))
     tail = {"marts/training_pairs", "marts/eval_pairs", "marts/filter_report", "marts/negatives_report",
-            "batched/batches", "batched/batch_purity", "training/embedder", "training/runs",
+            "batched/batches", "batched/batch_purity", "training/candidate", "training/embedder", "training/runs",
             "evaluation/mteb_results"}
     assert stale == {"raw/beta", "staged/beta", "filtered/beta"} | tail
 
@@ -131,7 +131,7 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
     assert skipped["task_name"].to_list() == ["SciFact"] and "HF_HUB_OFFLINE" in skipped["reason"][0]
     examples = inst.get_latest_materialization_event(K(["synthetic", "examples"])).asset_materialization.metadata
     assert "KALM_LLM_BASE_URL" in examples["how_to_enable"].value
-    trained = inst.get_latest_materialization_event(K(["training", "embedder"])).asset_materialization.metadata
+    trained = inst.get_latest_materialization_event(K(["training", "candidate"])).asset_materialization.metadata
     assert trained["loss_curve"].value.startswith("![plot](data:image/png;base64,")
     evaluated = inst.get_latest_materialization_event(K(["evaluation", "mteb_results"])).asset_materialization.metadata
     assert "score_vs_dim" in evaluated and "trained_minus_base_full_dim" in evaluated

@@ -37,6 +37,12 @@ class SynthesisConfig:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int = 0
+    max_failed_share: float = 0.05  # a stage with more failed requests fails its check: the backend is not healthy
+
+
+def failed_share(failed: int, requests: int) -> float:
+    """The share of a stage's requests whose answer never came (errors, timeouts, dropped connections)."""
+    return failed / requests if requests else 0.0
 
 
 @dataclass

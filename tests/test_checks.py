@@ -1,0 +1,87 @@
+"""Every blocking check can fail, and what it guards does not run when it does."""
+
+from dataclasses import replace
+
+import dagster as dg
+import pytest
+
+from dagster_project import runner
+from dagster_project.cli import main
+from dagster_project.definitions import build_defs
+from kalm_core import warehouse
+from kalm_core.config import PROFILES, BatchConfig, EvalConfig
+from tests.llm_server import ScriptedLLM
+
+K = dg.AssetKey
+
+
+def run_checks(*checks: dg.AssetCheckKey):
+    """Execute only these checks against the current lake; returns {check name: passed}."""
+    only = dg.define_asset_job("only_checks", selection=dg.AssetSelection.checks(*checks))
+    defs = dg.Definitions.merge(build_defs(), dg.Definitions(jobs=[only]))
+    result = defs.resolve_job_def("only_checks").execute_in_process(instance=runner.instance(), raise_on_error=False)
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}, result
+
+
+def test_file_accounting_fails_when_raw_lost_a_record(env, capsys):
+    assert main(["run", "--select", "key:raw/alpha"]) == 0
+    check = dg.AssetCheckKey(K(["raw", "alpha"]), "file_accounting")
+    assert run_checks(check)[0] == {"file_accounting": True}
+    with warehouse.connect() as con:
+        con.execute("delete from raw.alpha where row_number = 3")
+    assert run_checks(check)[0] == {"file_accounting": False}
+
+
+def test_the_purity_check_passes_at_a_ratio_below_one_and_fails_when_purity_drifts(env, monkeypatch, capsys):
+    mixed = replace(PROFILES["tiny"], name="mixed", batch=BatchConfig(per_device_batch=2, group_by="source", ratio=0.5))
+    monkeypatch.setitem(PROFILES, "mixed", mixed)
+    monkeypatch.setenv("KALM_PROFILE", "mixed")
+    assert main(["run", "--select", "*batched/batches"]) == 0
+    check = dg.AssetCheckKey(K(["batched", "batch_purity"]), "purity_matches_ratio")
+    assert run_checks(check)[0] == {"purity_matches_ratio": True}
+    with warehouse.connect() as con:  # batches far purer than the ratio asks for
+        con.execute("update batched.batch_purity set purity = 1.0, expected_purity = 0.1")
+    assert run_checks(check)[0] == {"purity_matches_ratio": False}
+
+
+def test_a_dead_llm_backend_fails_the_synthesis_checks(env, monkeypatch, capsys):
+    with ScriptedLLM(lambda body, seen: ("status", 500)) as server:
+        monkeypatch.setenv("KALM_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("KALM_LLM_MODEL", "scripted")
+        assert main(["run", "--select", "*filtered/synthetic"]) == 1
+    out = capsys.readouterr().out
+    assert "check failed: synthetic/instructions llm_failures_below_threshold" in out
+    with warehouse.connect(read_only=True) as con:
+        assert not warehouse.exists(con, "filtered", "synthetic")  # blocked: no empty layer passed off as done
+
+
+def test_a_candidate_that_does_not_beat_its_base_is_not_promoted(env, monkeypatch, capsys):
+    assert main(["run"]) == 0  # the tiny profile promotes whatever it trains
+    with warehouse.connect(read_only=True) as con:
+        promoted = con.execute("select model_path from training.embedder").fetchall()
+    strict = replace(PROFILES["tiny"], name="strict", eval=EvalConfig(mteb_tasks=(), promote_min_gain=0.5))
+    monkeypatch.setitem(PROFILES, "strict", strict)
+    assert main(["run", "--profile", "strict", "--select", "key:training/candidate+ or key:training/embedder"]) == 1
+    out = capsys.readouterr().out
+    assert "check failed: evaluation/mteb_results candidate_beats_base" in out
+    with warehouse.connect(read_only=True) as con:
+        candidate = con.execute("select model_path from training.candidate").fetchall()
+        assert con.execute("select model_path from training.embedder").fetchall() == promoted != candidate
+    inst = runner.instance()
+    ev = inst.get_latest_materialization_event(K(["training", "embedder"]))
+    assert ev.asset_materialization.metadata["model_path"].value == promoted[0][0]
+    from pathlib import Path
+
+    assert Path(candidate[0][0]).is_dir()  # the failed candidate stays on disk, named in the check
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--profile", "nonexistent"], "unknown profile"),
+    (["run", "--lake", "x.jsonl"], "a folder, not a file"),
+    (["export", "--table", "a.b.c", "out.jsonl"], "layer.name"),
+    (["export", "--table", "marts", "out.jsonl"], "layer.name"),
+])
+def test_odd_arguments_are_one_line_errors(env, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kalm: error:") and message in err and "Traceback" not in err
