@@ -5,7 +5,7 @@ import dagster as dg
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import warehouse as wh
-from kalm_core.batching import has_duplicate_texts, semi_homogeneous
+from kalm_core.batching import allowed_purity_gap, has_duplicate_texts, purity_ok, semi_homogeneous
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
 from kalm_core.snapshot import write_snapshot
@@ -55,9 +55,9 @@ def purity_matches_ratio(context: dg.AssetCheckExecutionContext, warehouse: Ware
         realised, expected = con.execute(
             f"select avg(purity), avg(expected_purity) from {table('batched', 'batch_purity')}").fetchall()[0]
     sd = meta["purity_sd"].value
-    return dg.AssetCheckResult(passed=abs(realised - expected) <= tol + 3 * sd,
+    return dg.AssetCheckResult(passed=purity_ok(realised, expected, sd, tol),
                                metadata={"realised_purity": realised, "expected_purity": expected, "tolerance": tol,
-                                         "sampling_sd": sd, "allowed_gap": tol + 3 * sd})
+                                         "sampling_sd": sd, "allowed_gap": allowed_purity_gap(sd, tol)})
 
 
 @dg.asset_check(asset=BATCHES, name="no_duplicate_text_in_batch", blocking=True,

@@ -27,17 +27,26 @@ from kalm_core.catalog import CatalogError, load_catalog
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", help="source catalogue YAML (default: $KALM_CATALOG or catalog/sources.yaml)")
+    p.add_argument("--project", help="the project folder: its catalog/sources.yaml and data/ (default: the "
+                                     "working directory)")
+    p.add_argument("--catalog", help="source catalogue YAML (default: $KALM_CATALOG, else catalog/sources.yaml of the "
+                                     "project, else the packaged one)")
     p.add_argument("--lake", help="the lake: a folder, or postgres:DSN with $KALM_LAKE_DATA "
                                   "(default: $KALM_LAKE or data/lake)")
 
 
 def _apply_env(args) -> None:
+    """Paths given on the command line are taken relative to where kalm was called, then --project becomes the
+    working directory, where the default catalogue and data/ live."""
     if getattr(args, "catalog", None):
         os.environ["KALM_CATALOG"] = os.path.abspath(args.catalog)
     if getattr(args, "lake", None):
         lake = args.lake
         os.environ["KALM_LAKE"] = lake if lake.startswith("postgres:") else os.path.abspath(lake)
+    if getattr(args, "project", None):
+        if not os.path.isdir(args.project):
+            raise NotADirectoryError(f"--project {args.project}: no such folder")
+        os.chdir(args.project)
     if getattr(args, "profile", None):
         os.environ["KALM_PROFILE"] = args.profile
 
@@ -218,14 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # mteb's per-split "Standardizing" bars, likewise
-    _apply_env(args)
     try:
+        _apply_env(args)
         return args.fn(args)
     except BrokenPipeError:  # `kalm sql ... | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (CatalogError, wh.LakeError, LakeBusy, FileNotFoundError, FileExistsError, ValueError, duckdb.Error) as e:
+    except (CatalogError, wh.LakeError, LakeBusy, OSError, ValueError, duckdb.Error) as e:
         print(f"kalm: error: {e}", file=sys.stderr)
         return 2
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import polars as pl
 
 from kalm_core.config import ModelConfig
+from kalm_core.snapshot import SNAPSHOT_COLUMNS
 from kalm_core.model import format_query
 
-REQUIRED = ("batch_id", "position", "query", "instruction", "positive", "negatives", "task_type")
+REQUIRED = SNAPSHOT_COLUMNS  # the snapshot's contract is defined once, where it is written
 
 
 class BatchFileError(ValueError):

@@ -22,6 +22,16 @@ class BatchingError(ValueError):
     """The input cannot be cut into the configured batches."""
 
 
+def allowed_purity_gap(purity_sd: float, tolerance: float) -> float:
+    """How far the realised mean purity may sit from its expectation: the tolerance plus three sampling SDs."""
+    return tolerance + 3 * purity_sd
+
+
+def purity_ok(realised: float, expected: float, purity_sd: float, tolerance: float) -> bool:
+    """The realised purity follows the semi-homogeneous ratio (the blocking check's formula)."""
+    return abs(realised - expected) <= allowed_purity_gap(purity_sd, tolerance)
+
+
 @dataclass(frozen=True)
 class BatchStats:
     batches: int
@@ -34,8 +44,7 @@ class BatchStats:
     purity_sd: float  # sampling standard deviation of mean_purity around expected_purity
 
     def purity_ok(self, tolerance: float) -> bool:
-        """The realised purity follows the ratio: within the tolerance plus three standard deviations."""
-        return abs(self.mean_purity - self.expected_purity) <= tolerance + 3 * self.purity_sd
+        return purity_ok(self.mean_purity, self.expected_purity, self.purity_sd, tolerance)
 
 
 def _texts(row: dict) -> set[str]:

@@ -8,6 +8,7 @@ mapping. The `python-docs` kind harvests docstrings of an installed package (doc
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -16,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kalm_core.identifiers import check_identifier
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "sources.yaml"
-DEFAULT_PERSONAS = DEFAULT_CATALOG.parent / "personas.jsonl"
+PACKAGED_CATALOG = Path(str(files("kalm_core") / "catalog" / "sources.yaml"))  # package data (catalog/)
+DEFAULT_PERSONAS = PACKAGED_CATALOG.parent / "personas.jsonl"
+PROJECT_CATALOG = Path("catalog") / "sources.yaml"  # relative to the working directory (`kalm --project DIR`)
 TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking")
 # Tables the pipeline itself keeps beside the per-source ones: staged.rejects, filtered.synthetic.
 RESERVED_NAMES = ("rejects", "synthetic")
@@ -135,9 +137,14 @@ class Catalog(BaseModel):
         raise KeyError(f"no source named {name!r} in {self.path}")
 
 
+def default_catalog() -> Path:
+    return PROJECT_CATALOG if PROJECT_CATALOG.is_file() else PACKAGED_CATALOG
+
+
 def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
-    """Read and validate the catalogue: `path`, else $KALM_CATALOG, else catalog/sources.yaml."""
-    p = Path(path or os.environ.get("KALM_CATALOG") or DEFAULT_CATALOG).resolve()
+    """Read and validate the catalogue: `path`, else $KALM_CATALOG, else catalog/sources.yaml of the working
+    directory, else the catalogue shipped with the package (docstrings of installed packages)."""
+    p = Path(path or os.environ.get("KALM_CATALOG") or default_catalog()).resolve()
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

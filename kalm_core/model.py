@@ -144,46 +144,37 @@ class Embedder(torch.nn.Module):
         return out
 
     def save(self, path: str | Path, query_instruction: str | None = None) -> Path:
-        """Write a sentence-transformers directory: Transformer, Pooling, and Normalize when normalising."""
+        """Write a sentence-transformers directory with sentence-transformers' own `save` (its layout is its
+        contract): Transformer, Pooling, the projection as Dense, Normalize when normalising, and the query prompt,
+        so `SentenceTransformer(path)` and mteb apply it without our code."""
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path)  # the weights and tokenizer that ST's Transformer module loads
         self.tokenizer.save_pretrained(path)
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        modules = [Transformer(str(path), max_seq_length=self.config.passage_max_len),
+                   Pooling(self.hidden_size, pooling_mode=POOLING_MODES[self.config.pooling], include_prompt=True)]
         if self.projection is not None:
-            _save_dense(self.projection, path / "2_Dense")
-            modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+            modules.append(_dense(self.projection))
         if self.config.normalize:
-            n = len(modules)
-            modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
-            (path / f"{n}_Normalize").mkdir(exist_ok=True)
-        (path / "1_Pooling").mkdir(exist_ok=True)
-        pooling = {"word_embedding_dimension": self.hidden_size,
-                   "pooling_mode_cls_token": self.config.pooling == "cls",
-                   "pooling_mode_mean_tokens": self.config.pooling == "mean",
-                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-                   "pooling_mode_weightedmean_tokens": False,
-                   "pooling_mode_lasttoken": self.config.pooling == "last_token", "include_prompt": True}
+            modules.append(Normalize())
         prompts = {"query": format_query("", query_instruction, self.config.query_template)} if query_instruction else {}
-        _dump(path / "modules.json", modules)
-        _dump(path / "1_Pooling" / "config.json", pooling)
-        _dump(path / "sentence_bert_config.json", {"max_seq_length": self.config.passage_max_len,
-                                                   "do_lower_case": False})
-        _dump(path / "config_sentence_transformers.json",
-              {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+        SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine", device="cpu").save(str(path))
         _dump(path / "kalm_model_config.json", asdict(self.config))
         return path
 
 
-def _save_dense(layer: torch.nn.Linear, path: Path) -> None:
+POOLING_MODES = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}  # ours -> sentence-transformers'
+
+
+def _dense(layer: torch.nn.Linear):
     from sentence_transformers.sentence_transformer.modules import Dense
 
     dense = Dense(layer.in_features, layer.out_features, bias=False, activation_function=torch.nn.Identity())
     dense.linear.weight.data.copy_(layer.weight.detach().float().cpu())
-    path.mkdir(parents=True, exist_ok=True)
-    dense.save(str(path))
+    return dense
 
 
 def _load_dense(path: str) -> torch.nn.Linear | None:

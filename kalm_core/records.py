@@ -2,8 +2,8 @@
 
 Row accounting starts here: raw.<source> must hold one record per physical record of the file (a line of jsonl,
 a row of parquet, a record of csv), loaded or quarantined with its reason. DuckDB's line reader is fast but treats
-a stray CR as a line end, and a line over its size limit vanishes; so each jsonl file is scanned first (numpy over
-8 MiB chunks) and, only when it holds a CR, a NUL or an over-long line, split here in Python instead, each odd line
+a stray CR as a line end, and a line over its size limit vanishes; so each jsonl file is scanned first (at C
+speed) and, only when it holds a CR, a NUL or an over-long line, split here in Python instead, each odd line
 becoming one quarantined record with its reason.
 """
 
@@ -12,9 +12,6 @@ from __future__ import annotations
 import csv
 import glob
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 MAX_RECORD_BYTES = 32 * 2**20  # a longer line is quarantined as "record over N bytes"
 KEPT_TEXT_CHARS = 1_000  # how much of an unreadable record's text its quarantine row keeps
@@ -26,7 +23,7 @@ class LineScan:
     records: int  # lines, the last one counted even without its newline
     has_cr: bool
     has_nul: bool
-    longest: int  # bytes of the longest line, newline excluded
+    longest: int  # a lower bound on the longest line's bytes, exact for every line longer than one chunk
 
     def needs_python_split(self, max_bytes: int | None = None) -> bool:
         return self.has_cr or self.has_nul or self.longest > (max_bytes or MAX_RECORD_BYTES)
@@ -37,21 +34,23 @@ def files(uri: str) -> list[str]:
     return sorted(glob.glob(uri))
 
 
-def scan_lines(paths: list[str]) -> LineScan:
+def scan_lines(paths: list[str], max_bytes: int | None = None) -> LineScan:
+    """Count the lines and look for CR, NUL and over-long lines at C speed (bytes.count/find over chunks no larger
+    than the limit): a line inside one chunk is shorter than the limit, so only lines crossing chunk borders need
+    measuring."""
+    chunk_size = min(_CHUNK, max_bytes or MAX_RECORD_BYTES)
     records, has_cr, has_nul, longest = 0, False, False, 0
     for path in paths:
         current = 0  # bytes of the line being read across chunk borders
         with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(chunk_size):
                 has_cr = has_cr or b"\r" in chunk
                 has_nul = has_nul or b"\x00" in chunk
-                ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
-                if ends.size:
-                    longest = max(longest, current + int(ends[0]))
-                    if ends.size > 1:
-                        longest = max(longest, int(np.diff(ends).max()) - 1)
-                    current = len(chunk) - int(ends[-1]) - 1
-                    records += int(ends.size)
+                n = chunk.count(b"\n")
+                if n:
+                    longest = max(longest, current + chunk.find(b"\n"))
+                    current = len(chunk) - chunk.rfind(b"\n") - 1
+                    records += n
                 else:
                     current += len(chunk)
         if current:

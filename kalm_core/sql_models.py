@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from kalm_core.identifiers import LAYERS, check_identifier, table
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(files("kalm_core") / "sql"))  # package data: the repository's sql/, shipped in the wheel
 _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*\)\s*\}\}")
 _HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
 
@@ -83,6 +84,8 @@ def parse_header(text: str) -> dict[str, str]:
 
 def discover(sql_dir: Path = SQL_DIR, include_templates: bool = False) -> list[SqlModel]:
     """Every `<layer>/<name>.sql` under sql_dir, sorted; per-source templates only when asked."""
+    if not any(Path(sql_dir).glob("*/*.sql")):  # an install without its package data must not lose the marts
+        raise FileNotFoundError(f"no SQL models under {sql_dir}: the installation lacks kalm_core's package data")
     models = []
     for path in sorted(sql_dir.glob("*/*.sql")):
         layer, name = path.parent.name, path.stem

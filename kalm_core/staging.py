@@ -7,12 +7,13 @@ to the shared quarantine table staged.rejects with their reason, so rows in = ke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from kalm_core.catalog import Source
 from kalm_core.identifiers import table
 
-STAGING_SQL = Path(__file__).resolve().parent.parent / "sql" / "staged" / "stg_source.sql"
+STAGING_SQL = Path(str(files("kalm_core") / "sql" / "staged" / "stg_source.sql"))  # package data (sql/)
 MAX_QUERY_CHARS = 2_000
 MAX_PASSAGE_CHARS = 8_000
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from kalm_core import pairs
 from kalm_core.identifiers import LAYERS, table
 from kalm_core.locks import WriteLock
 
@@ -100,9 +101,11 @@ def load_extensions(con, *names: str) -> None:
 
 
 def new_connection(**config) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that never downloads an extension."""
-    return duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                  **config})
+    """An in-memory DuckDB that never downloads an extension, with the pair contract's macros (pairs.py)."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                 **config})
+    pairs.register(con)
+    return con
 
 
 def _create_sqlite_catalog(path: Path) -> None:

@@ -71,7 +71,7 @@ def test_a_chain_on_a_postgres_catalogue_while_another_process_reads(env, postgr
     monkeypatch.setenv("KALM_LAKE", postgres)
     monkeypatch.setenv("KALM_LAKE_DATA", str(tmp_path / "shared-data"))
     monkeypatch.setenv("KALM_DATA_DIR", str(tmp_path / "local"))
-    with warehouse.connect() as con:  # create the lake, so the reader has something to read from the start
+    with warehouse.connect():  # create the lake, so the reader has something to read from the start
         pass
     reader = subprocess.Popen([sys.executable, "-c", READER, "8"], cwd=ROOT, env=os.environ.copy(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

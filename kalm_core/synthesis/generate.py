@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from kalm_core.pairs import pair_ids
 from kalm_core.synthesis.backends import Backend, ChatRequest, ChatResult
 from kalm_core.synthesis.store import GenerationStore
 from kalm_core.synthesis.tasks import RETRIEVAL_TYPES, SPECS, brainstorm_prompt, generation_prompt, json_schema
@@ -177,7 +178,7 @@ def collect_examples(con, requests: list[ChatRequest], model: str) -> tuple[pl.D
         query, positive = fields[spec.query_field], fields[spec.positive_field]
         instruction = r["instruction"] or (STS_INSTRUCTION if r["task_type"] == "sts" else BITEXT_INSTRUCTION)
         pairs.append({
-            "pair_id": hashlib.md5(f"{query}\x1f{positive}".encode()).hexdigest(),
+            "pair_id": None,  # set below through the pair contract (kalm_core/pairs.py), as staging does
             "source": f"synthetic/{r['task_type']}", "row_number": len(pairs) + 1, "positive_index": 1,
             "record_id": r["key"], "query": query, "positive": positive,
             "negatives": [fields[spec.negative_field]] if spec.negative_field else [],
@@ -185,6 +186,10 @@ def collect_examples(con, requests: list[ChatRequest], model: str) -> tuple[pl.D
             "language": params.get("language") or f"{params.get('src_lang')}-{params.get('tgt_lang')}",
             "is_held_out": False, "content_hash": hashlib.md5(r["response"].encode()).hexdigest(),
             "synthetic_task": r["task_type"]})
+    if pairs:
+        queries, positives, ids = pair_ids(con, [p["query"] for p in pairs], [p["positive"] for p in pairs])
+        for p, q, pos, pid in zip(pairs, queries, positives, ids):
+            p.update(query=q, positive=pos, pair_id=pid)
     accounting = {"requests": len(wanted), "accepted": len(pairs), "rejected": len(rejects), "failed": failed,
                   "not_answered": len(wanted) - len(rows)}
     return pl.DataFrame(pairs, schema=PAIR_SCHEMA), pl.DataFrame(rejects, schema=REJECT_SCHEMA), accounting

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
-PROMPTS = Path(__file__).resolve().parent / "prompts"
+PROMPTS = Path(str(files("kalm_core.synthesis") / "prompts"))  # package data
 RETRIEVAL_TYPES = ("short-long", "long-short", "short-short", "long-long")
 TASK_TYPES = (*RETRIEVAL_TYPES, "sts", "bitext")
 LANGUAGES = ("English", "English", "English", "Chinese", "French", "German", "Spanish", "Japanese", "Russian")

@@ -3,6 +3,7 @@
 -- key: (source, row_number, positive_index)
 -- invariants: rows in = kept + rejected + duplicate; pair_id unique among kept rows
 -- input: raw_input (a view over raw.<source>)
+-- macros: kalm_clean, kalm_pair_id (kalm_core/pairs.py)
 -- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_chars, $max_passage_chars
 
 with source as (
@@ -19,12 +20,12 @@ normalised as (
         content_hash,
         load_error,
         raw_record,
-        -- text: trimmed, unicode NFC
-        nfc_normalize(trim(query)) as query,
-        nfc_normalize(trim(positive)) as positive,
+        -- text: trimmed, unicode NFC (kalm_clean: kalm_core/pairs.py)
+        kalm_clean(query) as query,
+        kalm_clean(positive) as positive,
         list_transform(
             list_filter(negatives, lambda n: n is not null and trim(n) <> ''),
-            lambda n: nfc_normalize(trim(n))
+            lambda n: kalm_clean(n)
         ) as negatives
     from source
 ),
@@ -49,8 +50,8 @@ classified as (
 numbered as (
     select
         *,
-        -- a pure content hash: the same pair has the same id in every source
-        case when reject_reason is null then md5(query || chr(31) || positive) end as pair_id
+        -- a pure content hash: the same pair has the same id in every source (kalm_core/pairs.py)
+        case when reject_reason is null then kalm_pair_id(query, positive) end as pair_id
     from classified
 ),
 

@@ -201,3 +201,22 @@ def test_response_format_is_sent_as_configured(con, tmp_path, mode, expected):
                                                                          "hard_negative_document"]
     else:
         assert sent == expected
+
+
+def test_synthetic_pairs_get_the_pair_id_staging_gives(con):
+    """One contract (kalm_core/pairs.py): cleaned texts and their id are what the staging SQL computes."""
+    from kalm_core.pairs import pair_ids
+
+    q, p = ["  cafe\u0301 query\t", "plain"], ["  answer ", "other"]
+    cleaned_q, cleaned_p, ids = pair_ids(con, q, p)
+    assert cleaned_q[0] == "caf\u00e9 query\t" and cleaned_p[0] == "answer"  # NFC; DuckDB's trim strips spaces
+    con.execute("create or replace temp table _one as select 'x' as source, 1 as row_number, "
+                "1 as positive_index, null as record_id, 'h' as content_hash, null as load_error, "
+                "null as raw_record, ? as query, ? as positive, cast([] as varchar[]) as negatives", [q[0], p[0]])
+    con.execute("create or replace temp view raw_input as select * from _one")
+    from kalm_core.staging import STAGING_SQL
+
+    staged = con.execute(STAGING_SQL.read_text(), {"task_type": "retrieval", "instruction": "", "language": "en",
+                                                    "is_held_out": False, "max_query_chars": 100,
+                                                    "max_passage_chars": 100}).fetchall()
+    assert staged[0][0] == ids[0]
