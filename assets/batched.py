@@ -21,7 +21,6 @@ PURITY = dg.AssetKey(["batched", "batch_purity"])
         dg.AssetSpec(PURITY, deps=[dg.AssetKey(["marts", "training_pairs"])], group_name="batched",
                      kinds={"duckdb"}, description="One row per batch: majority group and its share."),
     ],
-    code_version="batched-1",
 )
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     cfg = get_profile(settings.profile).batch

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.marts import overlap_count
 from assets.training import CANDIDATE, RESULTS
 from assets.resources import SettingsResource, WarehouseResource
 from kalm_core import plots
@@ -13,12 +14,18 @@ from kalm_core.identifiers import table
 
 
 @dg.asset(key=RESULTS, deps=[CANDIDATE, dg.AssetKey(["marts", "eval_pairs"])], group_name="evaluation",
-          kinds={"pytorch", "duckdb"}, code_version="evaluation-1",
+          kinds={"pytorch", "duckdb"},
           description="nDCG@10 and friends per task, dim and role (base or trained), through mteb.evaluate.")
 def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                  settings: SettingsResource) -> dg.MaterializeResult:
     profile = get_profile(settings.profile)
     with warehouse.connect(read_only=True) as con:
+        leaked, sources = overlap_count(con, "batched.batches")  # what the candidate trained on
+        if leaked:
+            raise dg.Failure(description=f"{leaked} evaluation pair(s) are in the batches the candidate trained on "
+                                         f"({sources}): scoring them would overstate the model. Rebuild the training "
+                                         "chain (`kalm run --stale`) or remove them from the held-out source.",
+                             metadata={"overlapping_pairs": leaked})
         pairs = con.sql(f"select query, positive, instruction from {table('marts', 'eval_pairs')}").pl()
         trained = con.execute(f"select model_path from {table('training', 'candidate')}").fetchall()[0][0]
     if profile.eval.max_eval_pairs:

@@ -11,8 +11,6 @@ from kalm_core.config import data_dir, get_profile, resolve_model_path
 from kalm_core.filtering import CachedEncoder, filter_source
 from kalm_core.identifiers import table
 
-FILTER_CODE_VERSION = "filter-1"
-
 
 def _pool(con, name: str | None) -> list[str] | None:
     if not name:
@@ -23,7 +21,7 @@ def _pool(con, name: str | None) -> list[str] | None:
 
 def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
     @dg.asset(key=["filtered", src.name], deps=[dg.AssetKey(["staged", src.name])], group_name="filtered",
-              kinds={"duckdb", "pytorch"}, code_version=FILTER_CODE_VERSION,
+              kinds={"duckdb", "pytorch"},
               description="Ranking-consistency filter and hard negatives mined from a rank window (KaLM §3.2).")
     def _filtered(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   settings: SettingsResource) -> dg.MaterializeResult:
@@ -70,7 +68,7 @@ def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
 
 
 @dg.asset(key=["filtered", "synthetic"], deps=[dg.AssetKey(["synthetic", "examples"])], group_name="filtered",
-          kinds={"duckdb", "pytorch"}, code_version=FILTER_CODE_VERSION,
+          kinds={"duckdb", "pytorch"},
           description="The synthetic examples through the same filter; each task type ranks against its own corpus.")
 def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                        settings: SettingsResource) -> dg.MaterializeResult:

@@ -8,6 +8,7 @@ import dagster as dg
 from assets.common import table_metadata
 from assets.resources import WarehouseResource
 from kalm_core import sql_models
+from kalm_core import warehouse as wh
 from kalm_core.identifiers import table
 
 
@@ -52,6 +53,38 @@ def build_key_checks(model: sql_models.SqlModel) -> list[dg.AssetChecksDefinitio
     return [_not_empty, _unique]
 
 
+TRAINING_PAIRS = dg.AssetKey(["marts", "training_pairs"])
+EVAL_PAIRS = dg.AssetKey(["marts", "eval_pairs"])
+
+
+@dg.asset_check(asset=TRAINING_PAIRS, name="no_eval_overlap", blocking=True, additional_deps=[EVAL_PAIRS],
+                description="no training pair (by normalised query + positive, i.e. pair_id) is in the evaluation "
+                            "split: evaluation data never leaks into training (evaluation guards the other side)")
+def no_eval_overlap(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect(read_only=True) as con:
+        if not wh.exists(con, "marts", "eval_pairs"):
+            return dg.AssetCheckResult(passed=True, metadata={"overlapping_pairs": 0, "not_built_yet": "eval_pairs"})
+        overlap, sources = overlap_count(con)
+    return dg.AssetCheckResult(
+        passed=overlap == 0, metadata={"overlapping_pairs": overlap, "expected": 0},
+        description=None if overlap == 0 else
+        f"{overlap} training pair(s) are also in the evaluation split ({sources}): drop them from the training "
+        "source or mark it held_out")
+
+
+def overlap_count(con, training: str = "marts.training_pairs") -> tuple[int, str | None]:
+    """(pairs whose pair_id, i.e. normalised query + positive, is in both `training` and marts.eval_pairs, which
+    sources they come from)."""
+    layer, name = training.split(".")
+    return con.execute(
+        f"select count(*), string_agg(distinct t.source || ' ~ ' || e.source, ', ') "
+        f"from {table(layer, name)} as t join {table('marts', 'eval_pairs')} as e using (pair_id)").fetchall()[0]
+
+
 def build(built: dict[str, list[str]]) -> tuple[list, list]:
     models = sql_models.discover()
-    return ([build_sql_asset(m, built) for m in models], [c for m in models for c in build_key_checks(m)])
+    checks = [c for m in models for c in build_key_checks(m)]
+    if any((m.layer, m.name) == ("marts", "training_pairs") for m in models) and \
+            any((m.layer, m.name) == ("marts", "eval_pairs") for m in models):
+        checks.append(no_eval_overlap)
+    return [build_sql_asset(m, built) for m in models], checks

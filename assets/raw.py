@@ -10,8 +10,7 @@ from kalm_core import extract, python_docs
 from kalm_core.catalog import Catalog, Source
 from assets.common import table_metadata
 from kalm_core.identifiers import table
-
-RAW_CODE_VERSION = "raw-1"
+from kalm_core.versions import code_version
 
 
 def source_key(src: Source) -> dg.AssetKey:
@@ -19,9 +18,11 @@ def source_key(src: Source) -> dg.AssetKey:
 
 
 def _fingerprint(src: Source, catalog: Catalog) -> str:
-    if src.kind == "python-docs":
-        return python_docs.fingerprint(src.packages)
-    return extract.file_fingerprint(src, catalog.base_dir)
+    """The data version of a source: its file's content (or its packages' versions) and its catalogue entry, so a
+    changed `max_rows`, instruction, task type, column mapping or `held_out` makes its chain stale too."""
+    content = (python_docs.fingerprint(src.packages) if src.kind == "python-docs"
+               else extract.file_fingerprint(src, catalog.base_dir))
+    return code_version(base=content, sections=(src,))
 
 
 def build_source_observer(src: Source, catalog: Catalog):
@@ -38,7 +39,7 @@ def build_source_observer(src: Source, catalog: Catalog):
 
 def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
     @dg.asset(key=["raw", src.name], deps=[source_key(src)], group_name="raw", kinds={"duckdb"},
-              code_version=RAW_CODE_VERSION, description=f"Source {src.name!r} normalised to the pair schema.")
+              description=f"Source {src.name!r} normalised to the pair schema.")
     def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.connect() as con:
             if src.kind == "python-docs":

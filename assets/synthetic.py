@@ -32,7 +32,7 @@ def _stage_metadata(stats, backend_cfg: BackendConfig) -> dict:
             "backend": dg.MetadataValue.json(backend_cfg.describe())}
 
 
-@dg.asset(key=PERSONAS, group_name="synthetic", kinds={"duckdb"}, code_version="personas-1",
+@dg.asset(key=PERSONAS, group_name="synthetic", kinds={"duckdb"},
           description="Personas that steer the brainstorm stage (system prompts).")
 def personas(warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
     catalog = settings.catalog()
@@ -43,7 +43,7 @@ def personas(warehouse: WarehouseResource, settings: SettingsResource) -> dg.Mat
     return dg.MaterializeResult(metadata={"dagster/row_count": frame.height, "sample": dg.MetadataValue.md(sample)})
 
 
-@dg.asset(key=INSTRUCTIONS, deps=[PERSONAS], group_name="synthetic", kinds={"duckdb"}, code_version="brainstorm-1",
+@dg.asset(key=INSTRUCTIONS, deps=[PERSONAS], group_name="synthetic", kinds={"duckdb"},
           description="Stage 1: task instructions brainstormed under a random persona, per retrieval task type.")
 def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     backend_cfg, cfg = BackendConfig.from_env(), SynthesisConfig()
@@ -72,7 +72,6 @@ def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                         description="Stage 2: validated examples in the pair schema (source synthetic/<task_type>)."),
            dg.AssetSpec(REJECTS, deps=[INSTRUCTIONS], group_name="synthetic", kinds={"duckdb"},
                         description="Answers that failed validation, with the raw text and the reason.")],
-    code_version="generate-1",
 )
 def examples(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     backend_cfg, cfg = BackendConfig.from_env(), SynthesisConfig()

@@ -36,7 +36,6 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
                         description="The latest fine-tuned model (one row: its path and run), not yet promoted."),
            dg.AssetSpec(RUNS, deps=[BATCHES], group_name="training", kinds={"duckdb"},
                         description="Every training run, appended.")],
-    code_version="training-1",
 )
 def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     profile = get_profile(settings.profile)
@@ -96,7 +95,7 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
                                                          "lake_snapshot": dg.MetadataValue.int(lake_snap)})
 
 
-@dg.asset(key=EMBEDDER, deps=[RESULTS], group_name="training", kinds={"duckdb"}, code_version="promote-1",
+@dg.asset(key=EMBEDDER, deps=[RESULTS], group_name="training", kinds={"duckdb"},
           description="The promoted embedder: the candidate, once the blocking check on evaluation/mteb_results "
                       "showed it beats its base on the held-out split.")
 def embedder(warehouse: WarehouseResource) -> dg.MaterializeResult:

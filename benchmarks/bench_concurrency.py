@@ -83,9 +83,11 @@ def main() -> None:
         procs = [ctx.Process(target=reader, args=(str(lake), args.think, stop, out)) for _ in range(args.readers)]
         for p in procs:
             p.start()
-        time.sleep(5)  # the readers are importing and querying before the write starts
-        with_readers = stage(lake, data)
-        stop.set()
+        try:
+            time.sleep(5)  # the readers are importing and querying before the write starts
+            with_readers = stage(lake, data)
+        finally:
+            stop.set()
         results = [out.get(timeout=120) for _ in procs]
         for p in procs:
             p.join()

@@ -1,17 +1,30 @@
-"""GPU benchmark of the kalm-mini recipe: a Qwen2-0.5B-sized model (random init), bf16, seq 512, per-device
-batch 48, group 8 (1 positive + 7 hard negatives), GradCache + gradient checkpointing, 20 steps.
+"""GPU benchmark of the kalm-mini recipe against the sentence-transformers peer, the same work in one run.
 
-    python benchmarks/bench_gpu_train.py [--steps 20] [--chunk 48] [--peak-tflops 989]
+    python benchmarks/bench_gpu_train.py [--steps 12] [--runs 3] [--warmup 3] [--shape both] [--chunk 48]
+    python benchmarks/bench_gpu_train.py --tiny      # a tiny Qwen2 on the CPU: checks the arithmetic, not the speed
 
-Prints tokens/s and model FLOPs utilisation against the H100 dense bf16 peak (989 TFLOP/s). Needs a CUDA GPU.
+A Qwen2-0.5B-shaped model (random init; 358M non-embedding parameters), per-device batch 48, group 8 (1 positive +
+7 hard negatives), bf16 autocast over fp32 weights, InfoNCE at tau 0.01, Matryoshka 896/512/256/128/64.
+- ours: kalm_core.trainer.train (GradCache chunk `--chunk`, gradient checkpointing unless `--no-checkpointing`);
+- the peer: sentence-transformers' MatryoshkaLoss(CachedMultipleNegativesRankingLoss(scale 100, mini-batch 48)),
+  forward under bf16 autocast as accelerate does in its Trainer, no gradient checkpointing (as measured in
+  ../shared/gpu/st_peer_gpu.py).
+Two shapes: `fixed` (every text 512 tokens) and `mixed` (queries 8-64 tokens, passages 32-512, log-uniform), where
+padding is what costs. Both sides are timed alike (benchmarks/timing.py): per-step end stamps after the loss is
+synced, steady state after `--warmup` steps, the median of `--runs` runs; tokens are real (non-padding) tokens.
+Last two lines: `MFU = X %` (ours, fixed shape, 6 x non-embedding params per token against `--peak-tflops`, 989
+for the H100/H200 dense bf16 peak) and `RATIO gpu train tokens/s ours/sentence-transformers = X` (fixed shape).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,15 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.timing import median_rate, steady_rate  # noqa: E402
 from kalm_core.config import PROFILES  # noqa: E402
 from kalm_core.trainer import train  # noqa: E402
 
 
-def qwen2_05b(path: Path) -> Path:
-    """Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads / 2 KV heads, FFN 4864), random weights, and a byte-level
-    tokenizer whose vocabulary is padded to Qwen2's 151,936 rows."""
+def _tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -36,64 +48,156 @@ def qwen2_05b(path: Path) -> Path:
     bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10,
                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def qwen2_05b(path: Path, tiny: bool = False) -> Path:
+    """Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads / 2 KV heads, FFN 4864), random weights, and a byte-level
+    tokenizer whose vocabulary is padded to Qwen2's 151,936 rows; `tiny`: 2 layers of 64 for a CPU check."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    tok = _tokenizer()
+    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512) if tiny else
+             dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936))
+    cfg = Qwen2Config(max_position_embeddings=32768, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **shape)
     Qwen2Model(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
 
-def snapshot(path: Path, steps: int, batch: int, group: int, seq: int) -> Path:
-    """Texts of exactly ~seq tokens for this tokenizer (one byte-level token per character block)."""
+def _text(tag: str, n_tokens: int) -> str:
+    return f"{tag} " + "abcdefgh " * n_tokens  # at least n_tokens tokens; the trainer truncates to the max length
+
+
+def snapshot(path: Path, steps: int, batch: int, group: int, seq: int, mixed: bool = False, seed: int = 0) -> Path:
+    """`fixed`: every text `seq` tokens. `mixed`: queries 8-64 tokens, passages 32-`seq` (log-uniform)."""
+    rng = random.Random(seed)
+    span = lambda lo, hi: int(math.exp(rng.uniform(math.log(lo), math.log(hi))))  # noqa: E731
+    q_len = (lambda: span(8, 64)) if mixed else (lambda: seq)
+    p_len = (lambda: span(32, seq)) if mixed else (lambda: seq)
     rows = []
     for b in range(steps):
         for p in range(batch):
             k = b * batch + p
-            text = lambda tag: f"{tag}{k} " + "abcdefgh " * seq  # at least seq tokens; truncated to seq  # noqa: E731
-            rows.append({"batch_id": b, "position": p, "query": text("q"), "instruction": "Retrieve the passage",
-                         "positive": text("p"), "negatives": [text(f"n{j}_") for j in range(group - 1)],
+            rows.append({"batch_id": b, "position": p, "query": _text(f"q{k}", q_len()),
+                         "instruction": "Retrieve the passage", "positive": _text(f"p{k}", p_len()),
+                         "negatives": [_text(f"n{k}_{j}", p_len()) for j in range(group - 1)],
                          "task_type": "retrieval"})
     pl.DataFrame(rows).write_parquet(path)
     return path
 
 
+def ours(profile, snap: Path, out: Path, warmup: int) -> float:
+    records: list[dict] = []
+    train(profile, snap, out, log=records.append)
+    steps = [r for r in records if r["event"] == "step"]
+    return steady_rate([r["t"] for r in steps], [r["tokens"] for r in steps], warmup)
+
+
+def peer(model_dir: Path, snap: Path, batch: int, group: int, seq: int, dims: list[int], weights: list[float],
+         warmup: int) -> float:
+    """sentence-transformers' own model and losses on the same texts, pre-tokenised as our trainer does."""
+    from sentence_transformers import SentenceTransformer, losses, models
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = pl.read_parquet(snap).sort("batch_id", "position")
+    cols = {"anchor": [f"Instruct: {i} \n Query: {q}" for i, q in zip(rows["instruction"], rows["query"])],
+            "positive": rows["positive"].to_list()}
+    negatives = rows["negatives"].to_list()
+    for j in range(group - 1):
+        cols[f"negative_{j + 1}"] = [n[j] for n in negatives]
+    tr = models.Transformer(str(model_dir), max_seq_length=seq)
+    model = SentenceTransformer(modules=[tr, models.Pooling(tr.auto_model.config.hidden_size, "mean"),
+                                         models.Normalize()], device=dev)
+    inner = losses.CachedMultipleNegativesRankingLoss(model, scale=100.0, mini_batch_size=batch)
+    loss = losses.MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
+    if dev == "cuda":  # as accelerate does under the Trainer's bf16=True: GradCache's re-forward runs in bf16 too
+        model.forward = torch.autocast("cuda", dtype=torch.bfloat16)(model.forward)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+    n_steps = rows["batch_id"].n_unique()
+    steps = []
+    for s in range(n_steps):
+        feats = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in model.tokenize(texts[s * batch:(s + 1) * batch]).items()}
+                 for texts in cols.values()]
+        steps.append((feats, sum(int(f["attention_mask"].sum()) for f in feats)))
+    model.train()
+    stamps, tokens = [], []
+    for feats, n_tokens in steps:
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+            value = loss(feats, None)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value.item()  # the host sync our trainer does every step too
+        stamps.append(time.perf_counter())
+        tokens.append(n_tokens)
+    return steady_rate(stamps, tokens, warmup)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=48, help="GradCache chunk (texts per forward/backward)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--shape", choices=["fixed", "mixed", "both"], default="both")
+    ap.add_argument("--chunk", type=int, default=48, help="our GradCache chunk (texts per forward/backward)")
+    ap.add_argument("--no-checkpointing", action="store_true", help="ours without gradient checkpointing")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200: 989)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny Qwen2, small batches, CPU allowed")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu_train needs a CUDA GPU; none is visible here")
+    if args.tiny:
+        args.batch, args.seq, args.steps, args.chunk = 4, 32, max(args.warmup + 2, 5), 4
+    elif not torch.cuda.is_available():
+        sys.exit("bench_gpu_train needs a CUDA GPU (or --tiny to check it on the CPU)")
     mini = PROFILES["kalm-mini"]
+    dims = [64, 32, 16, 8, 4] if args.tiny else list(mini.train.dims)
+    shapes = ["mixed", "fixed"] if args.shape == "both" else [args.shape]
+    results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = qwen2_05b(Path(tmp) / "qwen2-0.5b")
+        model_dir = qwen2_05b(Path(tmp) / "qwen2", tiny=args.tiny)
+        from transformers import AutoConfig, AutoModel
+
+        n_params = sum(p.numel() for n, p in AutoModel.from_pretrained(model_dir).named_parameters()
+                       if "embed_tokens" not in n)
         profile = replace(mini, model=replace(mini.model, base_model=str(model_dir), query_max_len=args.seq,
                                               passage_max_len=args.seq),
                           batch=replace(mini.batch, per_device_batch=args.batch),
-                          train=replace(mini.train, max_steps=args.steps, checkpoint_every=0,
-                                        grad_cache_chunk=args.chunk, warmup_ratio=0.0))
-        snap = snapshot(Path(tmp) / "b.parquet", args.steps, args.batch, profile.train.group_size, args.seq)
-        records = []
-        train(profile, snap, Path(tmp) / "out", log=records.append)
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(model_dir)
-        n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    steps = [r for r in records if r["event"] == "step"]
-    steady = steps[len(steps) // 4:]  # skip warm-up steps (allocator, kernels)
-    tok_s = sum(r["tokens_per_s"] for r in steady) / len(steady)
-    flops_per_token = 6 * n_params  # forward + backward, non-embedding weights; GradCache's extra forward not counted
-    mfu = tok_s * flops_per_token / (args.peak_tflops * 1e12)
-    print(json.dumps({"gpu": torch.cuda.get_device_name(), "params_non_embedding": n_params, "steps": len(steps),
-                      "per_device_batch": args.batch, "group": profile.train.group_size, "seq": args.seq,
-                      "final_loss": steps[-1]["loss"], "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}))
-    print(f"tokens/s = {tok_s:,.0f}")
-    print(f"MFU = {mfu:.1%} of {args.peak_tflops:.0f} TFLOP/s (6 x {n_params / 1e6:.0f}M params per token)")
+                          train=replace(mini.train, dims=tuple(dims), max_steps=args.steps, checkpoint_every=0,
+                                        grad_cache_chunk=args.chunk, warmup_ratio=0.0,
+                                        gradient_checkpointing=not args.no_checkpointing,
+                                        bf16=torch.cuda.is_available()))
+        for shape in shapes:
+            snap = snapshot(Path(tmp) / f"{shape}.parquet", args.steps, args.batch, profile.train.group_size,
+                            args.seq, mixed=shape == "mixed")
+            ours_runs, peer_runs = [], []
+            for r in range(args.runs):  # interleaved, so drift hurts both sides alike
+                ours_runs.append(ours(profile, snap, Path(tmp) / f"out-{shape}-{r}", args.warmup))
+                peer_runs.append(peer(model_dir, snap, args.batch, profile.train.group_size, args.seq, dims,
+                                      list(profile.train.dim_weights), args.warmup))
+            results[shape] = (median_rate(ours_runs), median_rate(peer_runs))
+            print(f"{shape:5s} ours {results[shape][0]:>12,.0f} tokens/s (runs {[round(x) for x in ours_runs]}); "
+                  f"sentence-transformers {results[shape][1]:>12,.0f} (runs {[round(x) for x in peer_runs]})")
+        hidden = AutoConfig.from_pretrained(model_dir).hidden_size
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(json.dumps({"device": device, "params_non_embedding": n_params, "hidden": hidden, "steps": args.steps,
+                      "warmup_steps": args.warmup, "runs": args.runs, "per_device_batch": args.batch,
+                      "group": profile.train.group_size, "seq": args.seq, "grad_cache_chunk": args.chunk,
+                      "gradient_checkpointing": not args.no_checkpointing,
+                      "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0}))
+    if "mixed" in results and "fixed" in results:
+        o, p = results["mixed"]
+        print(f"RATIO gpu train tokens/s ours/sentence-transformers (mixed lengths) = {o / p:.2f}")
+    shape = "fixed" if "fixed" in results else shapes[-1]
+    o, p = results[shape]
+    print(f"MFU = {100 * o * 6 * n_params / (args.peak_tflops * 1e12):.2f} % ({shape} shape, 6 x {n_params / 1e6:.0f}M "
+          f"params per token, {args.peak_tflops:.0f} TFLOP/s peak)")
+    print(f"RATIO gpu train tokens/s ours/sentence-transformers = {o / p:.2f}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def cmd_run(args) -> int:
     from kalm_core.config import get_profile
 
     get_profile(args.profile)  # an unknown profile is an error before anything runs
+    _refuse_empty_sources(load_catalog())
     defs = build_defs(profile=args.profile)
     inst = runner.instance()
     if args.stale:
@@ -94,6 +95,17 @@ def cmd_run(args) -> int:
             print(f"Retention: expired {kept.expired} snapshot(s) older than {kept.kept_from} (kept what the last "
                   f"{args.keep_runs} training runs need), deleted {kept.files_deleted} file(s)")
     return 0
+
+
+def _refuse_empty_sources(catalog) -> None:
+    """An empty source file is an input error, said before any step runs (a missing one fails its own raw step)."""
+    import glob
+
+    for src in catalog.sources:
+        if src.uri and "://" not in src.uri:
+            paths = glob.glob(src.resolved_uri(catalog.base_dir))
+            if paths and all(os.path.getsize(p) == 0 for p in paths):
+                raise ValueError(f"source {src.name!r}: {src.resolved_uri(catalog.base_dir)} is empty")
 
 
 def cmd_ui(args) -> int:

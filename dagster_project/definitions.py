@@ -14,7 +14,9 @@ from assets import batched, evaluation, filtered, marts, raw, staged, synthetic,
 from dagster_project import automation
 from dagster_project.progress import progress_logger, quiet_logger
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import versioned
 from kalm_core.catalog import load_catalog
+from kalm_core.config import get_profile
 from kalm_core.warehouse import lake_spec
 
 
@@ -22,6 +24,7 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
                profile: str | None = None) -> dg.Definitions:
     catalog = load_catalog(catalog_path)
     built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
+             "staged/held_out": [s.name for s in catalog.sources if s.held_out],
              "filtered": [s.name for s in catalog.sources if not s.held_out] + ["synthetic"]}
     raw_assets, raw_checks = raw.build(catalog)
     staged_assets, staged_checks = staged.build(catalog)
@@ -31,8 +34,8 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     synthetic_assets, synthetic_checks = synthetic.build()
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()
-    assets = [*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
-              *batched_assets, *training_assets, *eval_assets]
+    assets = versioned([*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
+                        *batched_assets, *training_assets, *eval_assets], get_profile(profile))
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,

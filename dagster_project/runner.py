@@ -56,8 +56,14 @@ def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | N
     """Dagster's selection syntax (`key:raw/numpy+`, `group:marts`, `*marts/training_pairs`); None = all."""
     if not selection:
         return None
+    try:
+        parsed = dg.AssetSelection.from_string(selection)
+    except Exception as e:  # Dagster raises its own error types with a long parser trace: one line is enough
+        raise ValueError(f"invalid selection {selection!r}: {str(e).splitlines()[0]}. Examples: "
+                         "'key:raw/numpy+' (and downstream), '+key:marts/training_pairs' (and upstream), "
+                         "'group:marts', 'key:raw/a or key:raw/b'") from None
     # a multi-asset (synthetic examples + rejects) runs whole, so its siblings join the selection
-    keys = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
+    keys = parsed.required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
     if not keys:
         raise ValueError(f"selection {selection!r} matches no asset")
     return sorted(keys)

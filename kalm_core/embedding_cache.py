@@ -36,9 +36,21 @@ def text_hash(kind: str, text: str) -> str:
     return hashlib.md5(f"{kind}\x1f{text}".encode()).hexdigest()
 
 
+def encoder_id(model: str, config=None) -> str:
+    """The cache key's model part: the weights (model_id) and every setting that changes a vector (pooling,
+    normalisation, maximum lengths, the query template, the projection)."""
+    if config is None:
+        return model_id(model)
+    knobs = [f"{k}={getattr(config, k)!r}" for k in VECTOR_SETTINGS]
+    return hashlib.sha256("\x1f".join([model_id(model), *knobs]).encode()).hexdigest()[:16]
+
+
+VECTOR_SETTINGS = ("pooling", "normalize", "query_max_len", "passage_max_len", "query_template", "projection")
+
+
 class EmbeddingCache:
-    def __init__(self, root: str | Path, model: str):
-        self.dir = Path(root) / model_id(model)
+    def __init__(self, root: str | Path, model: str, config=None):
+        self.dir = Path(root) / encoder_id(model, config)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.damaged: list[Path] = []
 

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from kalm_core.config import ModelConfig
+from kalm_core.device import describe, token_budget
 from kalm_core.model import Embedder
 
 HELD_OUT_TASK = "KalmHeldOut"
@@ -77,6 +78,7 @@ def make_encoder(embedder: Embedder, name: str, instruction: str | None, batch_s
             todo = list(dict.fromkeys(t for t in texts if (is_query, t) not in self.cache))
             if todo:
                 out = embedder.encode(todo, is_query=is_query, instruction=instruction if is_query else None,
+                                      max_tokens=token_budget(embedder.device),
                                       batch_size=batch_size)
                 self.cache.update({(is_query, t): v for t, v in zip(todo, out)})
             full = np.stack([self.cache[(is_query, t)] for t in texts])
@@ -120,7 +122,8 @@ def evaluate_model(role: str, model_path: str, model_config: ModelConfig, dims: 
     """Score one model on `tasks` at every dim; rows of evaluation.mteb_results."""
     import mteb
 
-    embedder = Embedder.from_pretrained(model_config, model_path)
+    embedder = Embedder.for_inference(model_config, model_path)  # the GPU in bf16 when there is one
+    device = describe(embedder.device, next(embedder.model.parameters()).dtype)
     name = os.path.basename(os.path.normpath(model_path)) or model_path
     encoder = make_encoder(embedder, f"{role}-{name}", instruction, batch_size)
     rows, now = [], datetime.now(timezone.utc).replace(tzinfo=None)
@@ -135,5 +138,6 @@ def evaluate_model(role: str, model_path: str, model_config: ModelConfig, dims: 
                             rows.append({"role": role, "model_name": encoder.mteb_model_meta.name,
                                          "model_path": model_path, "task_name": tr.task_name, "split": split,
                                          "dim": dim, "metric": metric, "score": float(entry[metric]),
-                                         "mteb_version": mteb.__version__, "evaluated_at": now})
+                                         "mteb_version": mteb.__version__, "device": device,
+                                         "evaluated_at": now})
     return rows

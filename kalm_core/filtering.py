@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from kalm_core.config import FilterConfig
+from kalm_core.device import token_budget
 from kalm_core.embedding_cache import EmbeddingCache
 from kalm_core.mining import mine_negatives
 from kalm_core.model import Embedder
@@ -32,14 +33,15 @@ class CachedEncoder:
 
     @classmethod
     def load(cls, model_path: str, embedder_config, cache_root: str | Path, **kw) -> "CachedEncoder":
-        emb = Embedder.from_pretrained(embedder_config, model_path)
-        return cls(emb, EmbeddingCache(cache_root, model_path), **kw)
+        """On the GPU in bf16/fp16 with token-budget batches when there is one (kalm_core/device.py)."""
+        emb = Embedder.for_inference(embedder_config, model_path)
+        return cls(emb, EmbeddingCache(cache_root, model_path, embedder_config), **kw)
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
         max_len = self.embedder.config.query_max_len if is_query else self.embedder.config.passage_max_len
         self.truncated += self.embedder.count_truncated(texts, max_len)
         return self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size,
-                                    show_progress=self.show_progress)
+                                    show_progress=self.show_progress, max_tokens=token_budget(self.embedder.device))
 
     def queries(self, texts: list[str]) -> np.ndarray:
         out, n = self.cache.encode(texts, "query", lambda t: self._encode(t, True))

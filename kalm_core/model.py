@@ -120,11 +120,23 @@ class Embedder(torch.nn.Module):
             quiet.setLevel(level)
         return int(sum(n > max_len for n in lengths))
 
+    @classmethod
+    def for_inference(cls, config: ModelConfig, path: str | None = None) -> "Embedder":
+        """Load for encoding only: on the GPU in bf16/fp16 when there is one, else on the CPU in fp32."""
+        from kalm_core.device import inference_device, inference_dtype
+
+        device = inference_device()
+        embedder = cls.from_pretrained(config, path, dtype=inference_dtype(device)).to(device)
+        if embedder.projection is not None:
+            embedder.projection.to(inference_dtype(device))
+        return embedder.eval()
+
     @torch.inference_mode()
     def encode(self, texts: list[str], *, is_query: bool = False, instruction: str | None = None,
-               batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+               batch_size: int = 64, show_progress: bool = False, max_tokens: int | None = None) -> np.ndarray:
         """(N,) texts -> (N, H) float32. Queries get the instruction template; batches are length-sorted so
-        padding is minimal, and rows come back in input order."""
+        padding is minimal, and rows come back in input order. With `max_tokens`, a batch holds at most that many
+        padded tokens (the GPU's token budget) instead of `batch_size` texts."""
         if is_query:
             texts = [format_query(t, instruction, self.config.query_template) for t in texts]
         max_len = self.config.query_max_len if is_query else self.config.passage_max_len
@@ -133,8 +145,9 @@ class Embedder(torch.nn.Module):
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
         was_training = self.training
         self.eval()
-        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="encode", unit="batch"):
-            idx = order[start:start + batch_size]
+        lengths = [len(enc["input_ids"][i]) for i in order]
+        for idx in tqdm(_batches(order, lengths, batch_size, max_tokens), disable=not show_progress, desc="encode",
+                        unit="batch"):
             feats = self.tokenizer.pad({"input_ids": [enc["input_ids"][i] for i in idx],
                                         "attention_mask": [enc["attention_mask"][i] for i in idx]},
                                        return_tensors="pt")
@@ -167,6 +180,19 @@ class Embedder(torch.nn.Module):
 
 
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}  # ours -> sentence-transformers'
+
+
+def _batches(order: np.ndarray, lengths: list[int], batch_size: int, max_tokens: int | None):
+    """Index batches over length-sorted (longest first) texts: `batch_size` texts each, or, with `max_tokens`, as many
+    as fit that many padded tokens (the first text of a batch is its longest)."""
+    if not max_tokens:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out, start = [], 0
+    while start < len(order):
+        n = max(1, max_tokens // max(lengths[start], 1))
+        out.append(order[start:start + n])
+        start += n
+    return out
 
 
 def _dense(layer: torch.nn.Linear):

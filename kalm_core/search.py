@@ -3,6 +3,8 @@ memory stays bounded, and a torch matmul+topk reference with the same contract."
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 
@@ -33,35 +35,43 @@ def topk_faiss(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 409
     return scores, ids
 
 
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def topk_torch(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The reference and fallback: chunked matmul + topk, same contract as topk_faiss."""
+    """The reference and fallback (no faiss installed): chunked matmul + topk on the GPU when there is one, same
+    contract as topk_faiss."""
     k = min(k, corpus.shape[0])
-    c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32))
+    dev = _device()
+    c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32)).to(dev)
     scores, ids = [], []
     for s in range(0, queries.shape[0], chunk):
-        sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)) @ c.T  # (q, C)
-        top = sim.topk(k, dim=1)
-        scores.append(top.values.numpy())
-        ids.append(top.indices.numpy())
+        q = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)).to(dev)
+        top = (q @ c.T).topk(k, dim=1)  # (q, C) -> (q, k)
+        scores.append(top.values.cpu().numpy())
+        ids.append(top.indices.cpu().numpy())
     return np.concatenate(scores), np.concatenate(ids).astype(np.int64)
 
 
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
 def topk(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """faiss when installed, torch otherwise."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return topk_torch(queries, corpus, k, chunk)
-    return topk_faiss(queries, corpus, k, chunk)
+    """faiss when installed (the `cpu` or `gpu` extra), torch otherwise."""
+    return topk_faiss(queries, corpus, k, chunk) if faiss_available() else topk_torch(queries, corpus, k, chunk)
 
 
 def count_above(queries: np.ndarray, corpus: np.ndarray, thresholds: np.ndarray, chunk: int = 4096,
                 eps: float = 1e-5) -> np.ndarray:
     """For each query, how many corpus items score above its threshold by more than eps (an exact rank; eps keeps
     an item from outranking itself through float rounding between two kernels)."""
-    c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32))
+    dev = _device()
+    c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32)).to(dev)
     out = []
     for s in range(0, queries.shape[0], chunk):
-        sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)) @ c.T  # (q, C)
-        out.append((sim > torch.from_numpy(thresholds[s:s + chunk] + eps).unsqueeze(1)).sum(1).numpy())
+        sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)).to(dev) @ c.T  # (q, C)
+        limit = torch.from_numpy(thresholds[s:s + chunk] + eps).to(dev).unsqueeze(1)
+        out.append((sim > limit).sum(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

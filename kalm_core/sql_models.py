@@ -1,7 +1,8 @@
 """The SQL-file loader: each `sql/<layer>/<name>.sql` is one model of table layer.name (dbt's idea, ~100 lines).
 
 A model declares its inputs in the file with `{{ ref('layer.name') }}`; `{{ ref('layer.*') }}` is every table
-the pipeline builds in that layer, unioned by name. A header of `-- key: value` lines documents the grain, key and
+the pipeline builds in that layer, unioned by name; `{{ ref('layer.*', 'subset') }}` only the tables of a named
+subset (`held_out`: the evaluation sources), so the model depends on nothing else. A header of `-- key: value` lines documents the grain, key and
 invariants; `-- materialization: per_source` marks a template run once per source instead (staging).
 The code version is a hash of the SQL text, so an edited model shows as stale.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from kalm_core.identifiers import LAYERS, check_identifier, table
 
 SQL_DIR = Path(str(files("kalm_core") / "sql"))  # package data: the repository's sql/, shipped in the wheel
-_REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*\)\s*\}\}")
+_REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*(?:,\s*['\"]([a-z_]+)['\"]\s*)?\)\s*\}\}")
 _HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
 
 
@@ -34,8 +35,8 @@ class SqlModel:
         return hashlib.sha256(self.text.encode()).hexdigest()[:12]
 
     @property
-    def refs(self) -> list[tuple[str, str]]:
-        """(layer, name or '*') of every `ref()` in the file, in order, without repeats."""
+    def refs(self) -> list[tuple[str, str, str]]:
+        """(layer, name or '*', subset or '') of every `ref()` in the file, in order, without repeats."""
         return list(dict.fromkeys(_REF.findall(self.text)))
 
     @property
@@ -45,10 +46,12 @@ class SqlModel:
     def dependencies(self, built: dict[str, list[str]]) -> list[tuple[str, str]]:
         """Resolve refs against the tables the pipeline builds (`{layer: [names]}`); wildcards expand."""
         deps: list[tuple[str, str]] = []
-        for layer, name in self.refs:
+        for layer, name, subset in self.refs:
             if layer not in LAYERS:
                 raise ValueError(f"{self.path}: ref to unknown layer {layer!r}")
-            if name == "*":
+            if name == "*" and subset:
+                deps += [(layer, n) for n in _subset(built, layer, subset, self.path)]
+            elif name == "*":
                 names = built.get(layer, [])
                 if not names:
                     raise ValueError(f"{self.path}: ref('{layer}.*') matches no table")
@@ -61,15 +64,25 @@ class SqlModel:
         """The SQL with every ref replaced by its quoted table, or a union of the layer's tables."""
 
         def sub(m: re.Match) -> str:
-            layer, name = m.group(1), m.group(2)
+            layer, name, subset = m.group(1), m.group(2), m.group(3)
             if name != "*":
                 return table(layer, name)
-            parts = [f"select * from {table(layer, n)}" for n in built.get(layer, [])]
+            names = _subset(built, layer, subset, self.path) if subset else built.get(layer, [])
+            if subset and not names and built.get(layer):  # an empty subset: the layer's columns, no rows
+                return f"(select * from {table(layer, built[layer][0])} where false)"
+            parts = [f"select * from {table(layer, n)}" for n in names]
             if not parts:
                 raise ValueError(f"{self.path}: ref('{layer}.*') matches no table")
             return "(" + " union all by name ".join(parts) + ")"
 
         return _REF.sub(sub, self.text)
+
+
+def _subset(built: dict[str, list[str]], layer: str, subset: str, path) -> list[str]:
+    key = f"{layer}/{subset}"
+    if key not in built:
+        raise ValueError(f"{path}: ref('{layer}.*', '{subset}'): no subset {subset!r} of layer {layer!r}")
+    return built[key]
 
 
 def parse_header(text: str) -> dict[str, str]:

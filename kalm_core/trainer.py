@@ -68,7 +68,9 @@ def seed_everything(seed: int) -> None:
 
 # -- model ----------------------------------------------------------------------------------------------------------
 def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, device: torch.device) -> Embedder:
-    embedder = Embedder.from_pretrained(mcfg, model_path)
+    # fp32 master weights whatever the checkpoint's dtype: Qwen2-0.5B is stored in bf16, where AdamW's updates at
+    # lr 1e-5 mostly round away; bf16 is for the math only (autocast)
+    embedder = Embedder.from_pretrained(mcfg, model_path, dtype=torch.float32)
     embedder.tokenizer.padding_side = "right"  # pooling reads the mask; right padding everywhere
     for name, param in embedder.model.named_parameters():
         if name.startswith("pooler."):  # BERT's pooler output is never used: frozen, so DDP expects no gradient
@@ -128,8 +130,9 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     encoder = ChunkedEncoder(embedder)
     if world > 1:
         encoder = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None)
+    # fused AdamW on CUDA: one kernel for the whole update instead of a few per parameter tensor
     optimizer = torch.optim.AdamW([p for p in embedder.parameters() if p.requires_grad], lr=tcfg.lr,
-                                  weight_decay=tcfg.weight_decay)
+                                  weight_decay=tcfg.weight_decay, fused=device.type == "cuda")
     # LR schedule: 1) linear warmup over warmup_ratio of the steps, 2) linear decay to 0 at the last step
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(tcfg.warmup_ratio * total), total)
 
@@ -179,7 +182,10 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
         pairs_done += len(q_ids) * world
         tokens_done += (q_tok + p_tok) * world
         elapsed = time.perf_counter() - t0
+        # `t` (seconds since the loop started, after this step's sync) lets benchmarks time steady-state deltas;
+        # the *_per_s fields are cumulative averages, warm-up included, for the progress line
         record = {"event": "step", "step": step + 1, "total": total, "loss": value, "lr": scheduler.get_last_lr()[0],
+                  "t": elapsed, "pairs": len(q_ids) * world, "tokens": (q_tok + p_tok) * world,
                   "pairs_per_s": pairs_done / elapsed, "tokens_per_s": tokens_done / elapsed}
         if rank == 0:
             log(record)

@@ -80,8 +80,73 @@ def test_a_candidate_that_does_not_beat_its_base_is_not_promoted(env, monkeypatc
     (["run", "--lake", "x.jsonl"], "a folder, not a file"),
     (["export", "--table", "a.b.c", "out.jsonl"], "layer.name"),
     (["export", "--table", "marts", "out.jsonl"], "layer.name"),
+    (["run", "--select", "*key:raw/alpha or"], "invalid selection"),
+    (["run", "--select", "key:raw/nothing"], "matches no asset"),
 ])
 def test_odd_arguments_are_one_line_errors(env, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("kalm: error:") and message in err and "Traceback" not in err
+
+
+def test_an_empty_source_file_or_no_sources_is_refused_before_any_step(env, capsys):
+    (env["dir"] / "sources" / "a.jsonl").write_bytes(b"")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "source 'alpha'" in err and "is empty" in err and len(err.strip().splitlines()) == 1
+    env["catalog"].write_text("sources: []\n")
+    assert main(["run"]) == 2
+    assert "lists no sources" in capsys.readouterr().err
+
+
+def test_a_pair_in_both_splits_fails_the_overlap_check_and_blocks_the_batches(env, capsys):
+    import yaml
+
+    from tests.conftest import PAIRS_EVAL, write_jsonl
+
+    # a training source that also carries one held-out pair, with other whitespace (normalised away)
+    write_jsonl(env["dir"] / "sources" / "leak.jsonl",
+                [{"query": " " + PAIRS_EVAL[0]["query"], "pos": PAIRS_EVAL[0]["pos"]},
+                 {"query": "how do I train", "pos": ["call fit on the model"]}])
+    catalog = yaml.safe_load(env["catalog"].read_text())
+    catalog["sources"].append({"name": "leak", "uri": "sources/leak.jsonl"})
+    env["catalog"].write_text(yaml.safe_dump(catalog))
+    assert main(["run", "--select", "+key:marts/eval_pairs"]) == 0
+    code = main(["run", "--select", "+key:batched/batches"])
+    out = capsys.readouterr().out
+    assert code == 1 and "check failed: marts/training_pairs no_eval_overlap" in out, out[-3000:]
+    with warehouse.connect(read_only=True) as con:
+        assert not warehouse.exists(con, "batched", "batches")
+
+
+def test_flipping_held_out_moves_the_source_between_the_splits(env, capsys):
+    import yaml
+
+    assert main(["run", "--select", "+key:marts/training_pairs or +key:marts/eval_pairs"]) == 0
+    catalog = yaml.safe_load(env["catalog"].read_text())
+    for s in catalog["sources"]:
+        s["held_out"] = s["name"] == "beta"  # gamma joins training, beta becomes the evaluation split
+    env["catalog"].write_text(yaml.safe_dump(catalog))
+    defs, inst = build_defs(), runner.instance()
+    runner.observe_sources(defs, inst)
+    stale = {k.to_user_string() for k in runner.stale_keys(defs, inst)}
+    assert {"raw/beta", "raw/gamma", "marts/training_pairs", "marts/eval_pairs"} <= stale and "raw/alpha" not in stale
+    assert main(["run", "--select", "+key:marts/training_pairs or +key:marts/eval_pairs"]) == 0
+    with warehouse.connect(read_only=True) as con:
+        train = {s for (s,) in con.execute("select distinct source from marts.training_pairs").fetchall()}
+        evals = {s for (s,) in con.execute("select distinct source from marts.eval_pairs").fetchall()}
+    assert train == {"alpha", "gamma"} and evals == {"beta"}
+
+
+def test_evaluation_refuses_a_held_out_split_that_overlaps_what_the_candidate_trained_on(env, capsys):
+    from tests.conftest import PAIRS_EVAL, write_jsonl
+
+    assert main(["run"]) == 0
+    with warehouse.connect(read_only=True) as con:
+        query, positive = con.execute("select query, positive from batched.batches limit 1").fetchall()[0]
+    # the held-out source now also holds a pair the candidate trained on
+    write_jsonl(env["dir"] / "sources" / "evalset.jsonl", PAIRS_EVAL + [{"query": query, "pos": [positive]}])
+    assert main(["run", "--select", "key:raw/gamma+"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL evaluation__mteb_results" in captured.out
+    assert "are in the batches the candidate trained on" in captured.out + captured.err

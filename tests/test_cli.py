@@ -131,7 +131,8 @@ def test_sql_and_runs_while_others_read_and_write(env, capsys):
     # two runs at once over the same tables: both finish, one having waited for the other
     cmd = [sys.executable, "-m", "dagster_project.cli", "run", "--select",
            "key:raw/alpha or key:staged/alpha or key:raw/beta or key:staged/beta"]
-    runs = [subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    child_env = {**os.environ, "KALM_PROFILE": "demo"}  # the tiny profile lives in this process only
+    runs = [subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True) for _ in range(2)]
     outs = [r.communicate(timeout=300)[0] for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]

@@ -1,9 +1,10 @@
 -- grain: one row per distinct (query, positive) pair from the held-out sources (the evaluation split)
 -- key: pair_id
--- invariants: held-out sources only; pair_id unique; disjoint from training_pairs by source
+-- invariants: held-out sources only (it reads nothing else, so editing a training source never makes it stale);
+--   pair_id unique; no pair_id in training_pairs (a blocking check there)
 
 with staged_pairs as (
-    select * from {{ ref('staged.*') }}
+    select * from {{ ref('staged.*', 'held_out') }}
 ),
 
 held_out_sources as (

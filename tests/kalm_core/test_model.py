@@ -61,3 +61,47 @@ def test_encode_returns_rows_in_input_order():
     emb = Embedder.from_pretrained(ModelConfig(passage_max_len=32))
     one_by_one = np.stack([emb.encode([t])[0] for t in TEXTS])
     assert np.abs(emb.encode(TEXTS, batch_size=2) - one_by_one).max() <= 1e-5
+
+
+def test_inference_placement_falls_back_to_the_cpu_in_fp32(tiny_bert_dir):
+    from kalm_core import device
+
+    emb = Embedder.for_inference(ModelConfig(), str(tiny_bert_dir))
+    if torch.cuda.is_available():  # the GPU path: bf16 (or fp16) on the card, batches by token budget
+        assert emb.device.type == "cuda" and device.token_budget(emb.device) == device.GPU_TOKEN_BUDGET
+    else:
+        assert emb.device.type == "cpu" and next(emb.model.parameters()).dtype == torch.float32
+        assert device.token_budget(emb.device) is None and device.describe(emb.device, torch.float32) == "cpu (float32)"
+    assert not emb.training
+
+
+def test_token_budget_batches_give_the_same_vectors_within_the_budget(tiny_bert_dir, monkeypatch):
+    emb = Embedder.for_inference(ModelConfig(), str(tiny_bert_dir))
+    texts = [" ".join(["word"] * n) for n in (1, 40, 3, 25, 7, 60, 2)]
+    shapes = []
+    real_forward = Embedder.forward
+
+    def spy(self, input_ids, attention_mask):
+        shapes.append(tuple(input_ids.shape))
+        return real_forward(self, input_ids, attention_mask)
+
+    fixed = emb.encode(texts, batch_size=2)
+    monkeypatch.setattr(Embedder, "forward", spy)
+    budget = emb.encode(texts, max_tokens=80)
+    assert np.abs(fixed - budget).max() <= 1e-5
+    assert all(b * t <= 80 for b, t in shapes) and len(shapes) < len(texts)  # big batches of short texts
+
+
+def test_the_embedding_cache_key_covers_every_setting_that_changes_a_vector(tiny_bert_dir):
+    from dataclasses import replace
+
+    from kalm_core.embedding_cache import VECTOR_SETTINGS, encoder_id
+
+    base = ModelConfig()
+    key = encoder_id(str(tiny_bert_dir), base)
+    changed = {"pooling": "cls", "normalize": False, "query_max_len": 8, "passage_max_len": 9,
+               "query_template": "Q: {query}", "projection": "pca"}
+    assert set(changed) == set(VECTOR_SETTINGS)
+    keys = {encoder_id(str(tiny_bert_dir), replace(base, **{k: v})) for k, v in changed.items()}
+    assert key not in keys and len(keys) == len(changed)
+    assert encoder_id(str(tiny_bert_dir), replace(base, base_model="other")) == key  # the path is given separately

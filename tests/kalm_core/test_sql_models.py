@@ -22,12 +22,25 @@ def test_refs_resolve_wildcards_and_render_a_union(tmp_path, con):
            "select * from {{ ref('staged.*') }} where id > 0")
     (model,) = discover(tmp_path)
     built = {"staged": ["a", "b"]}
-    assert model.refs == [("staged", "*")]
+    assert model.refs == [("staged", "*", "")]
     assert model.dependencies(built) == [("staged", "a"), ("staged", "b")]
     con.execute('create table staged."a" as select 1 as id, \'x\' as t')
     con.execute('create table staged."b" as select 2 as id')
     assert run_model(con, model, built) == 2
     assert con.execute("select t from marts.all_things order by id").fetchall() == [("x",), (None,)]
+
+
+def test_a_subset_ref_depends_on_its_tables_only_and_an_empty_one_has_no_rows(tmp_path, con):
+    _model(tmp_path, "marts", "held", "select * from {{ ref('staged.*', 'held_out') }}")
+    (model,) = discover(tmp_path)
+    con.execute('create table staged."a" as select 1 as id')
+    con.execute('create table staged."b" as select 2 as id')
+    built = {"staged": ["a", "b"], "staged/held_out": ["b"]}
+    assert model.dependencies(built) == [("staged", "b")]  # a training source never makes it stale
+    assert run_model(con, model, built) == 1
+    assert run_model(con, model, {"staged": ["a", "b"], "staged/held_out": []}) == 0
+    with pytest.raises(ValueError, match="no subset 'held_out'"):
+        model.dependencies({"staged": ["a"]})
 
 
 def test_code_version_follows_the_sql_text(tmp_path):

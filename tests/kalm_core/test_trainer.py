@@ -124,3 +124,29 @@ def test_kalm_mini_recipe_on_a_tiny_qwen2(tmp_path, tiny_qwen2_dir, capsys):
     ours = reloaded.encode(["sort a list", "open a file"])
     st = SentenceTransformer(str(model_dir), device="cpu").encode(["sort a list", "open a file"])
     assert ours.shape == (2, 64) and abs(ours - st).max() <= 1e-5
+
+
+def test_a_bf16_checkpoint_trains_with_fp32_master_weights_that_move(tmp_path, tiny_qwen2_dir):
+    from kalm_core.batch_data import load_batches
+    from kalm_core.trainer import build_model, train
+
+    bf16_dir = tmp_path / "bf16"
+    Embedder.from_pretrained(ModelConfig(), str(tiny_qwen2_dir)).model.to(torch.bfloat16).save_pretrained(bf16_dir)
+    for f in tiny_qwen2_dir.iterdir():
+        if "token" in f.name or f.name.endswith(".txt") or f.name == "vocab.json" or f.name == "merges.txt":
+            (bf16_dir / f.name).write_bytes(f.read_bytes())
+    assert json.loads((bf16_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    mcfg = ModelConfig(base_model=str(bf16_dir), query_max_len=16, passage_max_len=16)
+    tcfg = TrainConfig(group_size=4, dims=(64, 16), dim_weights=(1.0, 0.3), lr=1e-5, warmup_ratio=0.0, bf16=True, max_steps=1,
+                       checkpoint_every=0, length_chunk=4)
+    model = build_model(mcfg, tcfg, None, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+    assert {p.dtype for p in before.values()} == {torch.float32}
+    snap = batch_snapshot(tmp_path / "b.parquet", n_batches=1, negatives=3)
+    assert load_batches(snap, 4)  # a valid snapshot for the group size
+    out = tmp_path / "out"
+    train(Profile(name="t", model=mcfg, train=tcfg), snap, out, log=lambda r: None)
+    after = Embedder.from_pretrained(mcfg, str(out / "model"), dtype=torch.float32).model
+    moved = [n for n, p in after.named_parameters() if not torch.equal(p, before[n])]
+    # at lr 1e-5 a bf16 weight (8 bits of mantissa) would not move; fp32 master weights do
+    assert len(moved) > 0.5 * len(before), f"{len(moved)} of {len(before)} tensors moved"
