@@ -23,7 +23,7 @@ def test_kalm_ui_serves_the_asset_graph(env):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "ui", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ})
+                            env={**os.environ, "KALM_PROFILE": "demo"})  # "tiny" lives in this process only
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -43,7 +43,7 @@ def test_kalm_ui_serves_the_asset_graph(env):
             with urllib.request.urlopen(req, timeout=10) as r:
                 keys = ["/".join(n["assetKey"]["path"]) for n in (json.load(r).get("data") or {}).get("assetNodes", [])]
             time.sleep(0 if keys else 1)
-        assert {"raw/alpha", "staged/alpha", "filtered/alpha", "marts/training_pairs", "training/embedder",
+        assert {"raw/alpha", "staged/alpha", "filtered/alpha", "marts/training_pairs", "training/candidate", "training/embedder",
                 "evaluation/mteb_results"} <= set(keys)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
