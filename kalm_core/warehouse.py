@@ -95,8 +95,13 @@ def extension_path(name: str) -> str:
 
 
 def load_extensions(con, *names: str) -> None:
+    """Install each extension from its package file once (INSTALL copies the binary: not on every connection),
+    then LOAD it."""
+    installed = {n for (n,) in con.execute(
+        "select extension_name from duckdb_extensions() where installed or loaded").fetchall()}
     for name in names:
-        con.install_extension(extension_path(name))
+        if name not in installed and f"{name}_scanner" not in installed:
+            con.install_extension(extension_path(name))
         con.load_extension(name)
 
 
