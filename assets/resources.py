@@ -30,10 +30,6 @@ class WarehouseResource(dg.ConfigurableResource):
         with warehouse.connect(self.lake, read_only=read_only, owner=self._owner, on_wait=on_wait) as con:
             yield con
 
-    def snapshot_id(self) -> int:
-        with self.connect(read_only=True) as con:
-            return warehouse.snapshot_id(con)
-
 
 class SettingsResource(dg.ConfigurableResource):
     """Which catalogue and profile this code location was built from."""

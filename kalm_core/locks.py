@@ -48,7 +48,7 @@ class WriteLock:
             return {}
 
     def acquire(self) -> None:
-        key = str(self.path.resolve()) if self.path.exists() else str(self.path)
+        key = str(self.path.resolve())
         with _guard:
             if key in _held:
                 _held[key][1] += 1
@@ -76,7 +76,7 @@ class WriteLock:
                             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
         f.flush()
         with _guard:
-            _held[str(self.path.resolve())] = [f, 1]
+            _held[key] = [f, 1]
 
     def release(self) -> None:
         key = str(self.path.resolve())

@@ -105,12 +105,11 @@ def parquet_rows(paths: list[str]) -> int:
 
 
 def physical_records(uri: str, fmt: str) -> int | None:
-    """The records a local file (or glob) holds; None for a remote URI or a JSON array (counted by its reader)."""
+    """The records a local csv or parquet file (or glob) holds; None for a remote URI or a JSON array (counted by
+    its reader). jsonl is counted by `scan_lines`, whose scan also decides how the file is split."""
     if "://" in uri:
         return None
     paths = files(uri)
-    if fmt == "jsonl":
-        return scan_lines(paths).records
     if fmt == "csv":
         return csv_records(paths)
     if fmt == "parquet":
