@@ -1,17 +1,19 @@
 """GPU benchmark of the kalm-mini recipe against the sentence-transformers peer, the same work in one run.
 
-    python benchmarks/bench_gpu_train.py [--steps 12] [--runs 3] [--warmup 3] [--shape both] [--chunk 48]
+    python benchmarks/bench_gpu_train.py [--steps 8] [--runs 3] [--warmup 3] [--shape both] [--levers] [--json F]
     python benchmarks/bench_gpu_train.py --tiny      # a tiny Qwen2 on the CPU: checks the arithmetic, not the speed
 
 A Qwen2-0.5B-shaped model (random init; 358M non-embedding parameters), per-device batch 48, group 8 (1 positive +
 7 hard negatives), bf16 autocast over fp32 weights, InfoNCE at tau 0.01, Matryoshka 896/512/256/128/64.
-- ours: kalm_core.trainer.train (GradCache chunk `--chunk`, gradient checkpointing unless `--no-checkpointing`);
+- ours: kalm_core.trainer.train with the kalm-mini profile's training settings (GradCache over token-budget chunks,
+  compiled layers, no gradient checkpointing); `--levers` also times each lever alone, one added at a time;
 - the peer: sentence-transformers' MatryoshkaLoss(CachedMultipleNegativesRankingLoss(scale 100, mini-batch 48)),
   forward under bf16 autocast as accelerate does in its Trainer, no gradient checkpointing (as measured in
   ../shared/gpu/st_peer_gpu.py).
 Two shapes: `fixed` (every text 512 tokens) and `mixed` (queries 8-64 tokens, passages 32-512, log-uniform), where
 padding is what costs. Both sides are timed alike (benchmarks/timing.py): per-step end stamps after the loss is
 synced, steady state after `--warmup` steps, the median of `--runs` runs; tokens are real (non-padding) tokens.
+Every run also prints its step-1 loss (same seed and data: equal up to bf16 rounding) and peak GPU memory.
 Last two lines: `MFU = X %` (ours, fixed shape, 6 x non-embedding params per token against `--peak-tflops`, 989
 for the H100/H200 dense bf16 peak) and `RATIO gpu train tokens/s ours/sentence-transformers = X` (fixed shape).
 """
@@ -90,15 +92,32 @@ def snapshot(path: Path, steps: int, batch: int, group: int, seq: int, mixed: bo
     return path
 
 
-def ours(profile, snap: Path, out: Path, warmup: int) -> float:
+def ours(profile, snap: Path, out: Path, warmup: int) -> dict:
+    """One run of our trainer: steady tokens/s, step 1's loss (the same seed and data give the same loss whatever
+    the levers, up to bf16 rounding), peak GPU memory."""
     records: list[dict] = []
-    train(profile, snap, out, log=records.append)
+    _fresh_memory_stats()
+    train(profile, snap, out, log=records.append, save=False)
     steps = [r for r in records if r["event"] == "step"]
-    return steady_rate([r["t"] for r in steps], [r["tokens"] for r in steps], warmup)
+    return {"tokens_per_s": steady_rate([r["t"] for r in steps], [r["tokens"] for r in steps], warmup),
+            "first_loss": steps[0]["loss"], "peak_gib": _peak_gib()}
+
+
+def _fresh_memory_stats() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
 
 
 def peer(model_dir: Path, snap: Path, batch: int, group: int, seq: int, dims: list[int], weights: list[float],
-         warmup: int) -> float:
+         warmup: int) -> dict:
     """sentence-transformers' own model and losses on the same texts, pre-tokenised as our trainer does."""
     from sentence_transformers import SentenceTransformer, losses, models
 
@@ -124,7 +143,8 @@ def peer(model_dir: Path, snap: Path, batch: int, group: int, seq: int, dims: li
                  for texts in cols.values()]
         steps.append((feats, sum(int(f["attention_mask"].sum()) for f in feats)))
     model.train()
-    stamps, tokens = [], []
+    _fresh_memory_stats()
+    stamps, tokens, first = [], [], None
     for feats, n_tokens in steps:
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
             value = loss(feats, None)
@@ -132,65 +152,116 @@ def peer(model_dir: Path, snap: Path, batch: int, group: int, seq: int, dims: li
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        value.item()  # the host sync our trainer does every step too
+        value = value.item()  # the host sync our trainer does every step too
         stamps.append(time.perf_counter())
         tokens.append(n_tokens)
-    return steady_rate(stamps, tokens, warmup)
+        first = value if first is None else first
+    return {"tokens_per_s": steady_rate(stamps, tokens, warmup), "first_loss": first, "peak_gib": _peak_gib()}
+
+
+# the levers, one added at a time (each row keeps the ones above it; the kalm-mini profile adds torch.compile), then
+# one variant of the profile
+LEVERS = {
+    "GradCache 48 texts + checkpointing (before)": dict(grad_cache_chunk=48, chunk_tokens=None,
+                                                        gradient_checkpointing=True, compile=False),
+    "- gradient checkpointing": dict(grad_cache_chunk=48, chunk_tokens=None, gradient_checkpointing=False,
+                                     compile=False),
+    "+ token-budget chunks": dict(gradient_checkpointing=False, compile=False),
+    "kalm-mini, but chunks of 49,152 tokens (an 80+ GB card only)": dict(chunk_tokens=49152),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3, help="runs of each side (0: only the --levers runs)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--shape", choices=["fixed", "mixed", "both"], default="both")
-    ap.add_argument("--chunk", type=int, default=48, help="our GradCache chunk (texts per forward/backward)")
-    ap.add_argument("--no-checkpointing", action="store_true", help="ours without gradient checkpointing")
+    ap.add_argument("--levers", action="store_true", help="also time each lever alone (one run each) for the table")
+    ap.add_argument("--budget-s", type=float, default=float("inf"), help="skip the lever runs past this many seconds")
+    ap.add_argument("--json", type=Path, help="write every run's numbers here as they come")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200: 989)")
     ap.add_argument("--tiny", action="store_true", help="a tiny Qwen2, small batches, CPU allowed")
     args = ap.parse_args()
+    began = time.perf_counter()
     if args.tiny:
-        args.batch, args.seq, args.steps, args.chunk = 4, 32, max(args.warmup + 2, 5), 4
+        args.batch, args.seq, args.steps = 4, 32, max(args.warmup + 2, 5)
     elif not torch.cuda.is_available():
         sys.exit("bench_gpu_train needs a CUDA GPU (or --tiny to check it on the CPU)")
     mini = PROFILES["kalm-mini"]
     dims = [64, 32, 16, 8, 4] if args.tiny else list(mini.train.dims)
-    shapes = ["mixed", "fixed"] if args.shape == "both" else [args.shape]
-    results: dict[str, tuple[float, float]] = {}
+    shapes = ["fixed", "mixed"] if args.shape == "both" else [args.shape]
+    log: dict = {"runs": []}
+
+    def record(**row) -> None:
+        log["runs"].append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(log, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = qwen2_05b(Path(tmp) / "qwen2", tiny=args.tiny)
         from transformers import AutoConfig, AutoModel
 
         n_params = sum(p.numel() for n, p in AutoModel.from_pretrained(model_dir).named_parameters()
                        if "embed_tokens" not in n)
+        train_cfg = replace(mini.train, dims=tuple(dims), max_steps=args.steps, checkpoint_every=0, warmup_ratio=0.0,
+                            bf16=torch.cuda.is_available())
+        if args.tiny:  # the profile's chunk budget scaled to the tiny texts
+            train_cfg = replace(train_cfg, grad_cache_chunk=4, chunk_tokens=4 * args.seq)
         profile = replace(mini, model=replace(mini.model, base_model=str(model_dir), query_max_len=args.seq,
                                               passage_max_len=args.seq),
-                          batch=replace(mini.batch, per_device_batch=args.batch),
-                          train=replace(mini.train, dims=tuple(dims), max_steps=args.steps, checkpoint_every=0,
-                                        grad_cache_chunk=args.chunk, warmup_ratio=0.0,
-                                        gradient_checkpointing=not args.no_checkpointing,
-                                        bf16=torch.cuda.is_available()))
+                          batch=replace(mini.batch, per_device_batch=args.batch), train=train_cfg)
+        log["setup"] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                        "params_non_embedding": n_params, "steps": args.steps, "warmup_steps": args.warmup,
+                        "per_device_batch": args.batch, "group": train_cfg.group_size, "seq": args.seq,
+                        "ours": {k: getattr(train_cfg, k) for k in ("grad_cache_chunk", "chunk_tokens",
+                                                                      "gradient_checkpointing", "compile")}}
+        snaps = {shape: snapshot(Path(tmp) / f"{shape}.parquet", args.steps, args.batch, train_cfg.group_size,
+                                 args.seq, mixed=shape == "mixed") for shape in shapes}
+        results: dict[str, tuple[float, float]] = {}
         for shape in shapes:
-            snap = snapshot(Path(tmp) / f"{shape}.parquet", args.steps, args.batch, profile.train.group_size,
-                            args.seq, mixed=shape == "mixed")
             ours_runs, peer_runs = [], []
             for r in range(args.runs):  # interleaved, so drift hurts both sides alike
-                ours_runs.append(ours(profile, snap, Path(tmp) / f"out-{shape}-{r}", args.warmup))
-                peer_runs.append(peer(model_dir, snap, args.batch, profile.train.group_size, args.seq, dims,
-                                      list(profile.train.dim_weights), args.warmup))
-            results[shape] = (median_rate(ours_runs), median_rate(peer_runs))
-            print(f"{shape:5s} ours {results[shape][0]:>12,.0f} tokens/s (runs {[round(x) for x in ours_runs]}); "
-                  f"sentence-transformers {results[shape][1]:>12,.0f} (runs {[round(x) for x in peer_runs]})")
-        hidden = AutoConfig.from_pretrained(model_dir).hidden_size
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"device": device, "params_non_embedding": n_params, "hidden": hidden, "steps": args.steps,
-                      "warmup_steps": args.warmup, "runs": args.runs, "per_device_batch": args.batch,
-                      "group": profile.train.group_size, "seq": args.seq, "grad_cache_chunk": args.chunk,
-                      "gradient_checkpointing": not args.no_checkpointing,
-                      "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0}))
-    if "mixed" in results and "fixed" in results:
+                row = ours(profile, snaps[shape], Path(tmp) / f"out-{shape}-{r}", args.warmup)
+                record(shape=shape, trainer="ours", run=r, **row)
+                ours_runs.append(row["tokens_per_s"])
+                row = peer(model_dir, snaps[shape], args.batch, train_cfg.group_size, args.seq, dims,
+                           list(train_cfg.dim_weights), args.warmup)
+                record(shape=shape, trainer="sentence-transformers", run=r, **row)
+                peer_runs.append(row["tokens_per_s"])
+            if args.runs:
+                results[shape] = (median_rate(ours_runs), median_rate(peer_runs))
+        levers: dict[tuple[str, str], float] = {}
+        for shape in shapes if args.levers else []:
+            for name, overrides in LEVERS.items():
+                if shape == "fixed" and name == "+ token-budget chunks":
+                    continue  # every text is `seq` tokens: the same chunks as 48 texts
+                if time.perf_counter() - began > args.budget_s:
+                    print(f"skipped lever {name!r} ({shape}): past --budget-s", flush=True)
+                    continue
+                lever = replace(profile, train=replace(train_cfg, **overrides))
+                if args.tiny and "chunk_tokens" in overrides:
+                    lever = replace(lever, train=replace(lever.train, chunk_tokens=8 * args.seq))
+                row = ours(lever, snaps[shape], Path(tmp) / f"lever-{shape}-{len(levers)}", args.warmup)
+                record(shape=shape, trainer="ours", lever=name, run=0, **row)
+                levers[(shape, name)] = row["tokens_per_s"]
+
+    print(f"\n{'shape':6s} {'trainer':66s} {'tokens/s':>10s} {'vs ST':>6s}")
+    for (s, name), rate in levers.items() if not results else []:
+        print(f"{s:6s} {'ours: ' + name:66s} {rate:>10,.0f}")
+    for shape, (o, p) in results.items():
+        for (s, name), rate in levers.items():
+            if s == shape:
+                print(f"{shape:6s} {'ours: ' + name:66s} {rate:>10,.0f} {rate / p:>6.2f}")
+        print(f"{shape:6s} {'ours: kalm-mini profile (median of runs)':66s} {o:>10,.0f} {o / p:>6.2f}")
+        print(f"{shape:6s} {'sentence-transformers (median of runs)':66s} {p:>10,.0f} {1:>6.2f}")
+    print(json.dumps(log["setup"]))
+    if not results:
+        return
+    if "mixed" in results:
         o, p = results["mixed"]
         print(f"RATIO gpu train tokens/s ours/sentence-transformers (mixed lengths) = {o / p:.2f}")
     shape = "fixed" if "fixed" in results else shapes[-1]

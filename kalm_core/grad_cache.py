@@ -27,10 +27,19 @@ def pad(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.
     return input_ids.to(device), mask.to(device)
 
 
-def length_chunks(ids: list[list[int]], chunk: int) -> list[list[int]]:
-    """Indices sorted by length, cut into chunks of `chunk` (similar lengths pad little)."""
+def length_chunks(ids: list[list[int]], chunk: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut into chunks of at most `chunk` texts (similar lengths pad little) and, with
+    `max_tokens`, at most that many padded tokens: short texts share one large chunk, long ones get small chunks, so
+    every forward call is about the same size."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    return [order[s:s + chunk] for s in range(0, len(order), chunk)]
+    if not max_tokens:
+        return [order[s:s + chunk] for s in range(0, len(order), chunk)]
+    out: list[list[int]] = [[]]
+    for i in order:  # ascending lengths: the text being added is its chunk's longest
+        if out[-1] and (len(out[-1]) >= chunk or (len(out[-1]) + 1) * len(ids[i]) > max_tokens):
+            out.append([])
+        out[-1].append(i)
+    return out
 
 
 class ChunkedEncoder(torch.nn.Module):
@@ -48,9 +57,10 @@ class ChunkedEncoder(torch.nn.Module):
         return out
 
 
-def prepare(ids: list[list[int]], pad_id: int, chunk: int, device) -> tuple[list, list[int], int]:
+def prepare(ids: list[list[int]], pad_id: int, chunk: int, device, max_tokens: int | None = None
+            ) -> tuple[list, list[int], int]:
     """(padded chunks, the sorted order, real tokens) for a list of token id lists."""
-    groups = length_chunks(ids, chunk)
+    groups = length_chunks(ids, chunk, max_tokens)
     chunks = [pad([ids[i] for i in g], pad_id, device) for g in groups]
     return chunks, [i for g in groups for i in g], sum(len(x) for x in ids)
 

@@ -59,6 +59,8 @@ class Embedder(torch.nn.Module):
         self.projection = projection  # (H -> H) linear map after pooling, saved as a sentence-transformers Dense
         if self.tokenizer.pad_token is None:  # decoders (Qwen2) ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if getattr(model.config, "use_cache", False):  # a decoder's KV cache only holds memory when embedding
+            model.config.use_cache = False
 
     @classmethod
     def from_pretrained(cls, config: ModelConfig, path: str | None = None, **model_kwargs) -> "Embedder":
@@ -142,7 +144,10 @@ class Embedder(torch.nn.Module):
         max_len = self.config.query_max_len if is_query else self.config.passage_max_len
         enc = self.tokenizer(texts, truncation=True, max_length=max_len)  # pre-tokenise once, pad per batch
         order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
-        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        # a text with no tokens (empty, with a tokenizer that adds no special tokens, as Qwen2's) has no embedding:
+        # its row stays zero, which scores 0 against everything
+        order = order[[len(enc["input_ids"][i]) > 0 for i in order]] if len(order) else order
+        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         was_training = self.training
         self.eval()
         lengths = [len(enc["input_ids"][i]) for i in order]

@@ -76,7 +76,6 @@ def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, de
         if name.startswith("pooler."):  # BERT's pooler output is never used: frozen, so DDP expects no gradient
             param.requires_grad_(False)
     if tcfg.gradient_checkpointing:
-        embedder.model.config.use_cache = False  # decoders' KV cache is useless here and clashes with checkpointing
         if hasattr(embedder.model, "activation_checkpointing_enable"):  # transformers 5 renamed it
             embedder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -86,7 +85,23 @@ def build_model(mcfg: ModelConfig, tcfg: TrainConfig, model_path: str | None, de
 
         embedder.model = get_peft_model(embedder.model, LoraConfig(r=tcfg.lora_rank, lora_alpha=2 * tcfg.lora_rank,
                                                                    target_modules="all-linear", lora_dropout=0.0))
+    if tcfg.compile:
+        compile_layers(embedder.model)
     return embedder.to(device)
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile every block of the model's layer stack in place (regional compilation): the blocks share one
+    class, so one compiled graph serves all of them, and the compile costs seconds instead of minutes. It fuses
+    what eager mode runs as separate memory-bound kernels: norms, rotary, SiLU-and-gate, residual adds."""
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1
+              and len({type(c) for c in m}) == 1]
+    if not stacks:
+        raise ValueError(f"compile: no stack of identical layers found in {type(model).__name__}")
+    layers = max(stacks, key=len)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def build_loss(tcfg: TrainConfig, hidden_size: int) -> MatryoshkaLoss:
@@ -111,7 +126,7 @@ def tokenize_batches(embedder: Embedder, batches, rank: int, world: int) -> list
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path: str | None = None,
-          max_steps: int | None = None, log=print, snapshot_sha256: str | None = None) -> dict:
+          max_steps: int | None = None, log=print, snapshot_sha256: str | None = None, save: bool = True) -> dict:
     rank, world, device = setup_distributed()
     tcfg, mcfg = profile.train, profile.model
     output = Path(output)
@@ -155,8 +170,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     embedder.train()
     for step in range(start, total):
         q_ids, p_ids = steps[step]
-        q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device)
-        p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device)
+        q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, tcfg.chunk_tokens)
+        p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device, tcfg.chunk_tokens)
         with autocast:
             if tcfg.grad_cache_chunk:
                 loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
@@ -197,13 +212,14 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     summary = {"event": "done", "steps": total, "final_loss": losses[-1] if losses else None,
                "pairs_per_s": pairs_done / max(time.perf_counter() - t0, 1e-9),
                "tokens_per_s": tokens_done / max(time.perf_counter() - t0, 1e-9), "model_path": str(output / "model")}
-    if rank == 0:
+    if rank == 0 and save:
         if tcfg.lora_rank:
             embedder.model = embedder.model.merge_and_unload()
         instructions = Counter(pl.read_parquet(snapshot, columns=["instruction"])["instruction"].drop_nulls())
         top = instructions.most_common(1)  # saved as the model's "query" prompt, so mteb and ST apply it
         embedder.save(output / "model", query_instruction=top[0][0] if top else None)
         (output / "train_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
+    if rank == 0:
         log(summary)
     if world > 1:
         dist.barrier()

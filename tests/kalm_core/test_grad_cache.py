@@ -3,7 +3,7 @@
 import torch
 
 from kalm_core.config import ModelConfig
-from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
+from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, length_chunks, prepare
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
 from kalm_core.model import Embedder
 
@@ -59,3 +59,34 @@ def test_length_chunks_change_padding_not_embeddings(tiny_bert_dir):
         direct = emb.encode(emb.tokenizer.batch_decode(q_ids, skip_special_tokens=True), batch_size=3)
     assert torch.allclose(one_chunk, small, atol=1e-5)
     assert torch.allclose(small, torch.from_numpy(direct), atol=1e-5)
+
+
+def test_token_budget_chunks_hold_every_text_once_within_the_budget():
+    lengths = [3, 40, 7, 7, 12, 90, 5, 33, 200, 1, 64, 64]
+    ids = [[1] * n for n in lengths]
+    chunks = length_chunks(ids, chunk=100, max_tokens=128)
+    assert sorted(i for c in chunks for i in c) == list(range(len(ids)))
+    for c in chunks:
+        longest = max(lengths[i] for i in c)
+        assert len(c) * longest <= 128 or len(c) == 1  # a text longer than the budget gets a chunk of its own
+    assert len(chunks[0]) > 4 and len(chunks[-1]) == 1  # short texts share a chunk, the longest is alone
+    assert all(len(c) <= 3 for c in length_chunks(ids, chunk=3, max_tokens=10_000))  # the text cap still holds
+
+
+def test_grad_cache_over_token_budget_chunks_equals_the_full_batch_gradient(tiny_bert_dir):
+    emb, q_ids, p_ids, loss_fn = _setup(tiny_bert_dir)
+    emb.eval()
+    enc = ChunkedEncoder(emb)
+    dev, pad = torch.device("cpu"), emb.tokenizer.pad_token_id
+    qc, qo, _ = prepare(q_ids, pad, 100, dev)
+    pc, po, _ = prepare(p_ids, pad, 100, dev)
+    q, p = enc(qc + pc, qo + [len(qo) + i for i in po]).split([len(q_ids), len(p_ids)])
+    loss_fn.compute_loss_from_embeddings(q, p).backward()
+    reference = _grads(emb)
+    emb.zero_grad(set_to_none=True)
+    qc, qo, _ = prepare(q_ids, pad, 100, dev, max_tokens=40)
+    pc, po, _ = prepare(p_ids, pad, 100, dev, max_tokens=40)
+    assert len(pc) > 2  # the budget really split the passages
+    grad_cache_backward(enc, qc, qo, pc, po, loss_fn.compute_loss_from_embeddings, dev)
+    got = _grads(emb)
+    assert max((reference[k] - got[k]).abs().max().item() for k in got) <= 1e-5

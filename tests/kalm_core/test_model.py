@@ -105,3 +105,14 @@ def test_the_embedding_cache_key_covers_every_setting_that_changes_a_vector(tiny
     keys = {encoder_id(str(tiny_bert_dir), replace(base, **{k: v})) for k, v in changed.items()}
     assert key not in keys and len(keys) == len(changed)
     assert encoder_id(str(tiny_bert_dir), replace(base, base_model="other")) == key  # the path is given separately
+
+
+def test_a_text_with_no_tokens_gets_a_zero_row_and_the_others_are_unchanged(tiny_qwen2_dir):
+    from kalm_core.config import ModelConfig
+    from kalm_core.model import Embedder
+
+    emb = Embedder.from_pretrained(ModelConfig(base_model=str(tiny_qwen2_dir), passage_max_len=32))
+    assert emb.tokenizer("")["input_ids"] == []  # Qwen2-style: no special tokens around a text
+    alone = emb.encode(["sort a list", "open a file"])
+    mixed = emb.encode(["", "sort a list", "", "open a file"], max_tokens=64)
+    assert (mixed[[0, 2]] == 0).all() and abs(mixed[[1, 3]] - alone).max() < 1e-5

@@ -109,9 +109,11 @@ def test_kalm_mini_recipe_on_a_tiny_qwen2(tmp_path, tiny_qwen2_dir, capsys):
     mini = PROFILES["kalm-mini"]
     profile = replace(mini, model=replace(mini.model, base_model=str(tiny_qwen2_dir), query_max_len=32,
                                           passage_max_len=32),
-                      train=replace(mini.train, dims=(64, 32, 16, 8, 4), checkpoint_every=0))
+                      # compiled layers are checked against eager in their own test below
+                      train=replace(mini.train, dims=(64, 32, 16, 8, 4), checkpoint_every=0, compile=False,
+                                    gradient_checkpointing=True))
     assert (profile.train.temperature, profile.train.group_size, profile.model.pooling) == (0.01, 8, "mean")
-    assert profile.train.bf16 and profile.train.gradient_checkpointing
+    assert mini.train.bf16 and mini.train.compile and mini.train.chunk_tokens
     cfg = tmp_path / "mini.json"
     cfg.write_text(json.dumps(asdict(profile), default=list))
     snap = batch_snapshot(tmp_path / "b.parquet", n_batches=2, negatives=7)
@@ -150,3 +152,24 @@ def test_a_bf16_checkpoint_trains_with_fp32_master_weights_that_move(tmp_path, t
     moved = [n for n, p in after.named_parameters() if not torch.equal(p, before[n])]
     # at lr 1e-5 a bf16 weight (8 bits of mantissa) would not move; fp32 master weights do
     assert len(moved) > 0.5 * len(before), f"{len(moved)} of {len(before)} tensors moved"
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_qwen2_dir):
+    from kalm_core.grad_cache import prepare
+    from kalm_core.trainer import compile_layers
+
+    mcfg = ModelConfig(base_model=str(tiny_qwen2_dir), query_max_len=16, passage_max_len=16)
+    texts = ["sort a list of numbers", "open a file and read it", "attention layer pooling", "vector index table"]
+    results = []
+    for compiled in (False, True):
+        emb = Embedder.from_pretrained(mcfg)
+        emb.tokenizer.padding_side = "right"
+        if compiled:
+            assert compile_layers(emb.model) == 2  # the two decoder layers, found without naming them
+        chunks, _, _ = prepare(emb.tokenizer(texts)["input_ids"], emb.tokenizer.pad_token_id, 8, "cpu")
+        out = emb(*chunks[0])
+        out.pow(2).sum(-1).mul(torch.arange(4.0)).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in emb.named_parameters() if p.grad is not None}))
+    (eager, g_eager), (comp, g_comp) = results
+    assert torch.allclose(eager, comp, atol=1e-5) and g_eager.keys() == g_comp.keys()
+    assert max((g_eager[k] - g_comp[k]).abs().max().item() for k in g_eager) <= 1e-4
