@@ -98,7 +98,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    mteb_tasks: tuple[str, ...] = ("SciFact", "NFCorpus")  # real MTEB tasks; skipped with a reason offline
+    # MTEB task or benchmark names (an unknown name fails before anything runs); their data is on the hub, so
+    # offline each is skipped with the reason
+    mteb_tasks: tuple[str, ...] = ("SciFact", "NFCorpus")
+    # local BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), each an mteb retrieval task named
+    # after its folder; the held-out split is always one
+    beir_folders: tuple[str, ...] = ()
     batch_size: int = 64
     max_eval_pairs: int | None = None
     # a candidate is promoted to training.embedder only when its held-out nDCG@10 at full dim beats the base's by

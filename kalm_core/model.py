@@ -161,10 +161,12 @@ class Embedder(torch.nn.Module):
         self.train(was_training)
         return out
 
-    def save(self, path: str | Path, query_instruction: str | None = None) -> Path:
+    def save(self, path: str | Path, query_instruction: str | None = None,
+             task_prompts: dict[str, str] | None = None) -> Path:
         """Write a sentence-transformers directory with sentence-transformers' own `save` (its layout is its
-        contract): Transformer, Pooling, the projection as Dense, Normalize when normalising, and the query prompt,
-        so `SentenceTransformer(path)` and mteb apply it without our code."""
+        contract): Transformer, Pooling, the projection as Dense, Normalize when normalising, and the prompts: the
+        training instruction as the default "query" prompt plus each evaluation task's own (`kalm_core.prompts`), so
+        `SentenceTransformer(path)` and mteb apply them without our code."""
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -179,6 +181,7 @@ class Embedder(torch.nn.Module):
         if self.config.normalize:
             modules.append(Normalize())
         prompts = {"query": format_query("", query_instruction, self.config.query_template)} if query_instruction else {}
+        prompts.update(task_prompts or {})
         SentenceTransformer(modules=modules, prompts=prompts, similarity_fn_name="cosine", device="cpu").save(str(path))
         _dump(path / "kalm_model_config.json", asdict(self.config))
         return path

@@ -36,6 +36,7 @@ from kalm_core.config import ModelConfig, Profile, TrainConfig, bf16_supported, 
 from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
 from kalm_core.model import Embedder, ModelLoadError
+from kalm_core.prompts import eval_task_prompts
 
 EXIT_NON_FINITE = 3
 EXIT_BAD_INPUT = 2
@@ -217,7 +218,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
             embedder.model = embedder.model.merge_and_unload()
         instructions = Counter(pl.read_parquet(snapshot, columns=["instruction"])["instruction"].drop_nulls())
         top = instructions.most_common(1)  # saved as the model's "query" prompt, so mteb and ST apply it
-        embedder.save(output / "model", query_instruction=top[0][0] if top else None)
+        embedder.save(output / "model", query_instruction=top[0][0] if top else None,
+                      task_prompts=eval_task_prompts(profile.eval.mteb_tasks, mcfg.query_template))
         (output / "train_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
     if rank == 0:
         log(summary)

@@ -1,5 +1,8 @@
 """The Definitions load with the expected keys; the DAG runs end to end; one changed source rebuilds only its chain."""
 
+import json
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 import yaml
@@ -50,7 +53,7 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     # marts/eval_pairs reads the held-out sources only: a training source's change leaves it alone
     tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report",
             "batched/batches", "batched/batch_purity", "training/candidate", "training/embedder", "training/runs",
-            "evaluation/mteb_results"}
+            "evaluation/mteb_results", "marts/mteb_summary"}
     assert stale == {"raw/beta", "staged/beta", "filtered/beta"} | tail
 
     assert main(["run", "--stale"]) == 0
@@ -130,6 +133,16 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
                                                                  ("trained", 384)]
     assert set(results["task_name"]) == {"KalmHeldOut"} and results["score"].is_between(0, 1).all()
     assert skipped["task_name"].to_list() == ["SciFact"] and "HF_HUB_OFFLINE" in skipped["reason"][0]
+    with warehouse.connect(read_only=True) as con:
+        summary = con.sql("select * from marts.mteb_summary").pl()
+    assert set(summary["task_name"]) == {"KalmHeldOut", "(average)"} and set(summary["task_type"]) == {"Retrieval"}
+    full = summary.filter((pl.col("task_name") == "KalmHeldOut") & (pl.col("dim") == 384))
+    ndcg = results.filter((pl.col("dim") == 384) & (pl.col("role") == "trained"))["score"].item()
+    assert abs(full["trained"].item() - ndcg) < 1e-12 and abs(full["gain"].item() - (ndcg - full["base"].item())) < 1e-12
+    model_dir = Path(run["model_path"][0])
+    prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts["SciFact-query"].startswith("Instruct: Given a scientific claim") and "query" in prompts
+    assert len(list((model_dir / "mteb").rglob("KalmHeldOut.json"))) == 4  # mteb's JSON: 2 roles x 2 dims
     examples = inst.get_latest_materialization_event(K(["synthetic", "examples"])).asset_materialization.metadata
     assert "KALM_LLM_BASE_URL" in examples["how_to_enable"].value
     trained = inst.get_latest_materialization_event(K(["training", "candidate"])).asset_materialization.metadata
