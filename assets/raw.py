@@ -17,7 +17,7 @@ def source_key(src: Source) -> dg.AssetKey:
     return dg.AssetKey(["sources", src.name])
 
 
-def _fingerprint(src: Source, catalog: Catalog) -> str:
+def fingerprint(src: Source, catalog: Catalog) -> str:
     """The data version of a source: its file's content (or its packages' versions) and its catalogue entry, so a
     changed `max_rows`, instruction, task type, column mapping or `held_out` makes its chain stale too."""
     content = (python_docs.fingerprint(src.packages) if src.kind == "python-docs"
@@ -29,7 +29,7 @@ def build_source_observer(src: Source, catalog: Catalog):
     """The file (or package set) behind a source, versioned by a hash of its content."""
 
     def _observe() -> dg.DataVersion:
-        return dg.DataVersion(_fingerprint(src, catalog))
+        return dg.DataVersion(fingerprint(src, catalog))
 
     with warnings.catch_warnings():  # observable_source_asset is marked beta; it is the documented way here
         warnings.simplefilter("ignore", dg.BetaWarning)

@@ -1,7 +1,19 @@
-"""Jobs as asset selections: the whole DAG, one per layer, and the observation of the source files."""
+"""Jobs as asset selections, and declarative automation: sources observed on their own, data layers rebuilt when
+their inputs change.
+
+- `observe_sources` (a sensor, running by default under `kalm ui` / `dagster dev`) hashes every source every
+  `KALM_OBSERVE_INTERVAL_S` seconds (default 30) and records an observation only for a source whose version (file
+  content + catalogue entry) changed: no run is launched for an unchanged source.
+- `kalm_automation` (Dagster's automation-condition sensor, running by default) evaluates the conditions every
+  `KALM_AUTOMATION_INTERVAL_S` seconds: the data layers (raw, staged, filtered, marts, batched) are `eager`, so a
+  changed source rebuilds its own chain in one run; training and evaluation show as stale but run only when asked,
+  unless the profile's `automate_training` is on.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 
 import dagster as dg
@@ -10,6 +22,8 @@ from kalm_core.identifiers import LAYERS
 
 ALL_JOB = "kalm_all"
 OBSERVE_JOB = "observe_sources"
+DATA_LAYERS = ("raw", "staged", "filtered", "marts", "batched")
+MODEL_LAYERS = ("training", "evaluation")
 
 
 def jobs(layers_present: set[str]) -> list[dg.UnresolvedAssetJobDefinition]:
@@ -24,3 +38,59 @@ def jobs(layers_present: set[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     out += [dg.define_asset_job(f"layer_{layer}", selection=dg.AssetSelection.groups(layer))
             for layer in LAYERS if layer in layers_present]
     return out
+
+
+def automated(assets: list, automate_training: bool = False) -> list:
+    """The data layers (and, when asked, training and evaluation) get AutomationCondition.eager(): rebuilt when a
+    dependency updates, never while one is missing or in progress."""
+    layers = DATA_LAYERS + (MODEL_LAYERS if automate_training else ())
+
+    def condition(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.key.path[0] not in layers or spec.key == dg.AssetKey(["marts", "mteb_summary"]) and \
+                not automate_training:
+            return spec
+        return spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
+
+    return dg.map_asset_specs(condition, assets)
+
+
+def _interval(var: str) -> int:
+    return max(1, int(os.environ.get(var, "30")))
+
+
+def sensors(catalog, fingerprint) -> list:
+    """The source observer and the automation-condition sensor, both running by default."""
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+
+    from assets.raw import source_key
+
+    @dg.sensor(name=OBSERVE_JOB, minimum_interval_seconds=_interval("KALM_OBSERVE_INTERVAL_S"),
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Hashes every source; records an observation when a source's file or catalogue entry "
+                           "changed, which the data layers' automation conditions react to.")
+    def observe(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen = json.loads(context.cursor) if context.cursor else {}
+        events, skipped = [], []
+        for src in catalog.sources:
+            key = source_key(src)
+            try:
+                version = fingerprint(src, catalog)
+            except Exception as e:  # a file being rewritten or gone: try again next tick
+                skipped.append(f"{src.name}: {type(e).__name__}: {e}")
+                continue
+            if src.name not in seen:  # first tick: what the instance last recorded
+                record = context.instance.get_latest_data_version_record(key, is_source=True)
+                last = extract_data_version_from_entry(record.event_log_entry) if record else None
+                seen[src.name] = last.value if last else None
+            if version != seen[src.name]:
+                events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version}))
+                seen[src.name] = version
+        for line in skipped:
+            context.log.warning(f"source not observed this tick: {line}")
+        return dg.SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
+
+    automation = dg.AutomationConditionSensorDefinition(
+        "kalm_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=_interval("KALM_AUTOMATION_INTERVAL_S"),
+        description="Rebuilds the data layers whose inputs changed (AutomationCondition.eager on raw..batched).")
+    return [observe, automation]

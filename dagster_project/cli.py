@@ -1,6 +1,6 @@
 """`kalm`: the command line, thin over Dagster and the lake.
 
-  kalm run [--profile NAME] [--select SELECTION] [--stale]   materialise the DAG (or a part of it)
+  kalm run [--profile NAME|FILE.json] [--select SELECTION] [--stale]   materialise the DAG (or a part of it)
   kalm ui [--port N]                                           the Dagster UI on 127.0.0.1
   kalm sql "QUERY" [--csv] [--at SNAPSHOT]                     query the lake read-only (as of a snapshot)
   kalm snapshots                                               the lake's snapshots (each materialisation is one)
@@ -52,12 +52,14 @@ def _apply_env(args) -> None:
 
 
 def cmd_run(args) -> int:
+    from dagster import AssetKey
+
     from dagster_project import runner
     from dagster_project.definitions import build_defs
 
     from kalm_core.config import get_profile
 
-    get_profile(args.profile)  # an unknown profile is an error before anything runs
+    profile = get_profile(args.profile)  # an unknown profile is an error before anything runs
     _refuse_empty_sources(load_catalog())
     defs = build_defs(profile=args.profile)
     inst = runner.instance()
@@ -72,6 +74,8 @@ def cmd_run(args) -> int:
         print(f"{len(keys)} stale asset(s): " + ", ".join(k.to_user_string() for k in keys))
     else:
         keys = runner.select(defs, args.select)
+    if keys is None or AssetKey(["evaluation", "mteb_results"]) in keys:
+        _check_eval_tasks(profile)
     t0 = time.monotonic()
     lake = wh.lake_spec()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
@@ -95,6 +99,15 @@ def cmd_run(args) -> int:
             print(f"Retention: expired {kept.expired} snapshot(s) older than {kept.kept_from} (kept what the last "
                   f"{args.keep_runs} training runs need), deleted {kept.files_deleted} file(s)")
     return 0
+
+
+def _check_eval_tasks(profile) -> None:
+    """Unknown MTEB task or benchmark names and broken BEIR folders are errors before any step, not after training."""
+    from kalm_core.evaluation import beir_task, resolve_task_names
+
+    resolve_task_names(profile.eval.mteb_tasks)
+    for folder in profile.eval.beir_folders:
+        beir_task(folder)
 
 
 def _refuse_empty_sources(catalog) -> None:
@@ -188,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="materialise the DAG, with progress and a summary of the tables")
-    r.add_argument("--profile", default=None, help="config profile (default: $KALM_PROFILE or demo)")
+    r.add_argument("--profile", default=None, help="config profile: a name (demo, kalm-mini) or a JSON file of one (default: $KALM_PROFILE or demo)")
     r.add_argument("--select", help="Dagster asset selection, e.g. 'key:raw/numpy+' or 'group:marts'")
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
     r.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,

@@ -34,14 +34,17 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     synthetic_assets, synthetic_checks = synthetic.build()
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()
-    assets = versioned([*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets, *sql_assets,
-                        *batched_assets, *training_assets, *eval_assets], get_profile(profile))
+    settings = get_profile(profile)
+    assets = automation.automated(versioned([*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets,
+                                             *sql_assets, *batched_assets, *training_assets, *eval_assets], settings),
+                                  settings.automate_training)
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,
         asset_checks=[*raw_checks, *staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
                       *eval_checks],
         jobs=automation.jobs(layers),
+        sensors=automation.sensors(catalog, raw.fingerprint),
         resources={
             "warehouse": WarehouseResource(lake=_lake_location(lake)),
             "settings": SettingsResource(catalog_path=str(catalog.path),

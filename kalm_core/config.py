@@ -119,6 +119,9 @@ class Profile:
     batch: BatchConfig = field(default_factory=BatchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # under `kalm ui`, training and evaluation rebuild by themselves too when their inputs change (off: they show as
+    # stale and run when asked; the data layers always rebuild by themselves)
+    automate_training: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -165,15 +168,24 @@ def profile_from_dict(data: dict) -> Profile:
 
     return Profile(name=data["name"], model=build(ModelConfig, data["model"]), filter=build(FilterConfig, data["filter"]),
                    batch=build(BatchConfig, data["batch"]), train=build(TrainConfig, data["train"]),
-                   eval=build(EvalConfig, data["eval"]))
+                   eval=build(EvalConfig, data["eval"]), automate_training=data.get("automate_training", False))
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The named profile ($KALM_PROFILE, default demo); `KALM_BASE_MODEL` overrides the base model path."""
+    """The named profile ($KALM_PROFILE, default demo), or one written to a JSON file (`dataclasses.asdict` of a
+    Profile, as the trainer receives it); `KALM_BASE_MODEL` overrides the base model path."""
     name = name or os.environ.get("KALM_PROFILE") or "demo"
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)}")
-    profile = PROFILES[name]
+    if name.endswith(".json"):
+        import json
+
+        try:
+            profile = profile_from_dict(json.loads(Path(name).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"profile file {name}: {type(e).__name__}: {e}") from None
+    elif name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; profiles are {', '.join(PROFILES)} or a .json file")
+    else:
+        profile = PROFILES[name]
     if base := os.environ.get("KALM_BASE_MODEL"):
         profile = replace(profile, model=replace(profile.model, base_model=base))
     return profile

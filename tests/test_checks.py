@@ -89,6 +89,23 @@ def test_odd_arguments_are_one_line_errors(env, capsys, argv, message):
     assert err.startswith("kalm: error:") and message in err and "Traceback" not in err
 
 
+def test_an_unknown_mteb_task_or_a_broken_beir_folder_is_an_error_before_any_step(env, monkeypatch, capsys, tmp_path):
+    from kalm_core.config import PROFILES, EvalConfig
+
+    tiny = PROFILES["tiny"]
+    monkeypatch.setitem(PROFILES, "typo", replace(tiny, name="typo", eval=EvalConfig(mteb_tasks=("SciFactt",))))
+    monkeypatch.setitem(PROFILES, "nobeir", replace(tiny, name="nobeir", eval=EvalConfig(
+        mteb_tasks=(), beir_folders=(str(tmp_path / "missing"),))))
+    assert main(["run", "--profile", "typo"]) == 2
+    err = capsys.readouterr().err
+    assert "'SciFactt' is neither an MTEB task nor an MTEB benchmark" in err and "Did you mean: 'SciFact'" in err
+    assert main(["run", "--profile", "nobeir"]) == 2
+    assert "is not a BEIR-format folder" in capsys.readouterr().err
+    assert main(["run", "--profile", "typo", "--select", "key:raw/alpha"]) == 0  # evaluation not selected
+    with warehouse.connect(read_only=True) as con:
+        assert not warehouse.exists(con, "staged", "alpha")  # the refused runs ran no step
+
+
 def test_an_empty_source_file_or_no_sources_is_refused_before_any_step(env, capsys):
     (env["dir"] / "sources" / "a.jsonl").write_bytes(b"")
     assert main(["run"]) == 2
