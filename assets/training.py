@@ -2,14 +2,13 @@
 candidate becomes training.embedder only after the blocking evaluation check shows it beats its base."""
 
 import json
-import subprocess
 import sys
-import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
+from dagster._core.errors import DagsterPipesExecutionError
 
 from assets.batched import BATCHES
 from assets.resources import SettingsResource, WarehouseResource
@@ -22,6 +21,22 @@ CANDIDATE = dg.AssetKey(["training", "candidate"])
 EMBEDDER = dg.AssetKey(["training", "embedder"])
 RUNS = dg.AssetKey(["training", "runs"])
 RESULTS = dg.AssetKey(["evaluation", "mteb_results"])
+
+
+QUIET_SUBPROCESS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+
+
+def trainer_failure(run_dir, pipes_error: str) -> str:
+    """The failure's message: what the trainer wrote (its error and traceback), else how the process ended."""
+    from kalm_core.trainer import ERROR_FILE
+
+    written = run_dir / ERROR_FILE
+    if written.exists():
+        return f"the trainer failed: {written.read_text().strip()}"
+    if "code -9" in pipes_error:
+        return (f"the trainer was killed (SIGKILL), most often by the kernel for running out of memory; the run "
+                f"directory {run_dir} keeps its checkpoints ({pipes_error})")
+    return f"the trainer failed without a message: {pipes_error}"
 
 
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
@@ -51,26 +66,16 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--sha256", digest,
                                                 "--config", str(out / "run_config.json"), "--output", str(out)])
     context.log.info(" ".join(cmd))
-    started, records, error = datetime.now(timezone.utc).replace(tzinfo=None), [], None
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        last_log = 0.0
-        for line in proc.stdout:
-            if not line.startswith("{"):
-                continue
-            rec = json.loads(line)
-            if rec["event"] == "step":
-                records.append(rec)
-                if time.monotonic() - last_log > 10 or rec["step"] == rec["total"]:
-                    context.log.info(f"step {rec['step']}/{rec['total']} loss {rec['loss']:.4f} "
-                                     f"{rec['pairs_per_s']:.1f} pairs/s")
-                    last_log = time.monotonic()
-            elif rec["event"] == "error":
-                error = rec["message"]
-            elif rec["event"] == "done":
-                summary = rec
-    if proc.returncode != 0:
-        raise dg.Failure(description=f"the trainer exited with {proc.returncode}: {error or 'see the logs'}",
-                         metadata={"run_dir": str(out)})
+    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    # Dagster Pipes: the trainer's step lines stream into this run's log, cancelling the run sends it SIGINT
+    client = dg.PipesSubprocessClient(env=QUIET_SUBPROCESS, forward_termination=True)
+    try:
+        records = client.run(command=cmd, context=context).get_custom_messages()
+    except DagsterPipesExecutionError as e:
+        raise dg.Failure(description=trainer_failure(out, str(e)), metadata={"run_dir": str(out)}) from None
+    records = [r for r in records if isinstance(r, dict)]
+    summary = next(r for r in records if r["event"] == "done")
+    records = [r for r in records if r["event"] == "step"]
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
     row = pl.DataFrame([{"run_id": run_id, "model_path": summary["model_path"],
                          "base_model": profile.model.base_model, "profile": profile.name, "steps": summary["steps"],

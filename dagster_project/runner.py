@@ -27,7 +27,10 @@ def instance() -> dg.DagsterInstance:
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        # run monitoring (the daemon, under `kalm ui`): a run whose worker process died is marked failed, not left
+        # STARTED
+        config.write_text("telemetry:\n  enabled: false\nrun_monitoring:\n  enabled: true\n"
+                          "  poll_interval_seconds: 30\n  max_resume_run_attempts: 0\n")
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()
 

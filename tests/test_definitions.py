@@ -145,7 +145,11 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
     assert len(list((model_dir / "mteb").rglob("KalmHeldOut.json"))) == 4  # mteb's JSON: 2 roles x 2 dims
     examples = inst.get_latest_materialization_event(K(["synthetic", "examples"])).asset_materialization.metadata
     assert "KALM_LLM_BASE_URL" in examples["how_to_enable"].value
-    trained = inst.get_latest_materialization_event(K(["training", "candidate"])).asset_materialization.metadata
+    trained_event = inst.get_latest_materialization_event(K(["training", "candidate"]))
+    trained = trained_event.asset_materialization.metadata
+    logs = [e.user_message for e in inst.all_logs(trained_event.run_id)]
+    steps = run["steps"][0]  # the trainer's step lines, streamed into the run's log through Dagster Pipes
+    assert any(m.startswith(f"step {steps}/{steps} loss") for m in logs)
     assert trained["loss_curve"].value.startswith("![plot](data:image/png;base64,")
     evaluated = inst.get_latest_materialization_event(K(["evaluation", "mteb_results"])).asset_materialization.metadata
     assert "score_vs_dim" in evaluated and "trained_minus_base_full_dim" in evaluated
