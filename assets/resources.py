@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import dagster as dg
@@ -9,6 +10,11 @@ from pydantic import PrivateAttr
 
 from kalm_core import warehouse
 from kalm_core.catalog import Catalog, load_catalog
+
+
+# set by `kalm run`'s Ctrl-C handler: every later step refuses to start, so the whole run stops (DuckDB turns the
+# interrupt into an error of the step it lands in, and Dagster would otherwise go on with the independent steps)
+INTERRUPTED = threading.Event()
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -26,6 +32,8 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self, read_only: bool = False):
+        if INTERRUPTED.is_set():
+            raise dg.Failure(description="not started: the run was interrupted (Ctrl-C)")
         on_wait = self._log.warning if self._log is not None else None
         with warehouse.connect(self.lake, read_only=read_only, owner=self._owner, on_wait=on_wait) as con:
             yield con

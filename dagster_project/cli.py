@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,9 +81,24 @@ def cmd_run(args) -> int:
     t0 = time.monotonic()
     lake = wh.lake_spec()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
-    result = runner.materialize(defs, inst, keys, observe=not args.stale)  # --stale observed already
-    done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path)
-    failed = [e.step_key for e in result.get_step_failure_events()]
+    from assets.resources import INTERRUPTED
+
+    INTERRUPTED.clear()
+    result = None
+    with _stop_on_ctrl_c():
+        result = runner.materialize(defs, inst, keys, observe=not args.stale)  # --stale observed already
+    done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path) \
+        if result else []
+    failed = [e.step_key for e in result.get_step_failure_events()] if result else []
+    from dagster_project.progress import is_interrupt
+
+    if result is not None and any(is_interrupt(e.step_failure_data.error) for e in result.get_step_failure_events()
+                                  if e.step_failure_data and e.step_failure_data.error):
+        INTERRUPTED.set()
+    if INTERRUPTED.is_set():
+        print(f"\nkalm run: interrupted (Ctrl-C) during step {failed[0] if failed else '(between steps)'}; stopped with "
+              f"{len(done)} table(s) materialised and every later step not started", file=sys.stderr)
+        return 130
     print(f"\n{len(done)} table(s) materialised in {time.monotonic() - t0:.1f}s:")
     with wh.connect(read_only=True) as con:
         for key in done:
@@ -99,6 +116,24 @@ def cmd_run(args) -> int:
             print(f"Retention: expired {kept.expired} snapshot(s) older than {kept.kept_from} (kept what the last "
                   f"{args.keep_runs} training runs need), deleted {kept.files_deleted} file(s)")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """Ctrl-C interrupts the step it lands in (as usual) and marks the run interrupted, so no later step starts."""
+    from assets.resources import INTERRUPTED
+
+    def handler(signum, frame):
+        INTERRUPTED.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except KeyboardInterrupt:  # landed in Dagster's own code between steps: the run is over
+        INTERRUPTED.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_eval_tasks(profile) -> None:

@@ -11,6 +11,18 @@ import dagster as dg
 _SHOWN = {"STEP_SUCCESS": "ok  ", "STEP_FAILURE": "FAIL", "STEP_SKIPPED": "skip"}
 
 
+INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException")  # Dagster's, DuckDB's
+
+
+def is_interrupt(error) -> bool:
+    """Whether a step's error (or any error in its chain) is a Ctrl-C."""
+    while error is not None:
+        if error.cls_name in INTERRUPTS:
+            return True
+        error = error.cause or error.context
+    return False
+
+
 def _root_cause(error) -> str:
     """The innermost error's message: the one our code raised, not Dagster's wrapper."""
     while error.cause is not None:
@@ -38,7 +50,12 @@ class _ProgressHandler(logging.Handler):
             elapsed = time.monotonic() - self.t0
             print(f"  [{self.done:3d}] {_SHOWN[kind]} {event.step_key:<40s} {elapsed:7.1f}s", flush=True)
             if kind == "STEP_FAILURE" and event.step_failure_data and event.step_failure_data.error:
-                print(f"         {_root_cause(event.step_failure_data.error)}", file=sys.stderr, flush=True)
+                error = event.step_failure_data.error
+                if is_interrupt(error):  # Ctrl-C: no later step starts (assets/resources.py)
+                    from assets.resources import INTERRUPTED
+
+                    INTERRUPTED.set()
+                print(f"         {_root_cause(error)}", file=sys.stderr, flush=True)
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             if not data.passed:

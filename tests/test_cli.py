@@ -141,3 +141,29 @@ def test_sql_and_runs_while_others_read_and_write(env, capsys):
     assert main(["sql", "select count(*) from staged.alpha union all select count(*) from staged.beta union all "
                  "select count(*) from staged.rejects where source = 'alpha'", "--csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["2", "2", "3"]  # nothing written twice, nothing lost
+
+
+def test_ctrl_c_stops_the_whole_run_and_names_the_interrupted_step(env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from kalm_core import warehouse
+    from tests.conftest import TINY
+
+    profile = tmp_path / "tiny.json"
+    profile.write_text(json.dumps(asdict(TINY), default=list))
+    run = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "run"], cwd=ROOT,
+                           env={**os.environ, "KALM_PROFILE": str(profile)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:  # the first finished step: the run is in the middle of its plan
+        if " ok " in line:
+            break
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert "kalm run: interrupted (Ctrl-C) during step" in err and "Traceback" not in err.splitlines()[-1]
+    with warehouse.connect(read_only=True) as con:
+        assert not warehouse.exists(con, "training", "candidate")  # nothing after the interrupt ran
