@@ -42,8 +42,8 @@ def trainer_failure(run_dir, pipes_error: str) -> str:
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "kalm_core.trainer", *args]
-    return [sys.executable, "-m", "kalm_core.trainer", *args]
+                "-m", "dagster_project.pipes_trainer", *args]
+    return [sys.executable, "-m", "dagster_project.pipes_trainer", *args]
 
 
 @dg.multi_asset(

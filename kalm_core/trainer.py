@@ -237,7 +237,12 @@ def _merge_orders(q_order: list[int], p_order: list[int]) -> list[int]:
 ERROR_FILE = "train_error.txt"  # the last failure's message and traceback, in the run directory
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, log=None, report_error=None) -> int:
+    """The command line. Records go to `log` (default: stdout as JSON lines); a failure's message also goes to
+    `report_error` and, with its traceback, to <output>/train_error.txt for whoever launched the trainer (the training
+    asset launches it through Dagster Pipes: dagster_project/pipes_trainer.py)."""
+    import traceback
+
     ap = argparse.ArgumentParser(prog="python -m kalm_core.trainer", description=__doc__.splitlines()[0])
     ap.add_argument("--snapshot", required=True, help="parquet batch snapshot (batched/batches export)")
     ap.add_argument("--sha256", help="the snapshot's recorded sha256: refuse a file that does not match it")
@@ -247,44 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
-    if os.environ.get("DAGSTER_PIPES_CONTEXT") and os.environ.get("RANK", "0") == "0":
-        # launched by the training asset through Dagster Pipes: dagster-pipes is the protocol's small standalone
-        # package (no Dagster import); only rank 0 talks to the run
-        from dagster_pipes import open_dagster_pipes
-
-        with open_dagster_pipes() as pipes:
-            return _run(args, pipes)
-    return _run(args, None)
-
-
-def _run(args, pipes) -> int:
-    """Train; records go to stdout as JSON lines, or, under Pipes, to the Dagster run (log lines + custom messages).
-    A failure writes its message and traceback to <output>/train_error.txt for whoever launched the trainer."""
-    import traceback
-
-    last_line = [0.0]
-
-    def log(record: dict) -> None:
-        if pipes is None:
-            print(json.dumps(record), flush=True)
-            return
-        pipes.report_custom_message(record)
-        if record["event"] != "step":
-            pipes.log.info(json.dumps(record))
-        elif time.monotonic() - last_line[0] > 5 or record["step"] in (1, record["total"]):
-            pipes.log.info(f"step {record['step']}/{record['total']} loss {record['loss']:.4f} "
-                           f"{record['pairs_per_s']:.1f} pairs/s {record['tokens_per_s']:,.0f} tokens/s")
-            last_line[0] = time.monotonic()
+    log = log or (lambda record: print(json.dumps(record), flush=True))
 
     def failed(e: BaseException, code: int | None) -> int:
         message = f"{type(e).__name__}: {e}"
         Path(args.output).mkdir(parents=True, exist_ok=True)
         (Path(args.output) / ERROR_FILE).write_text(message + "\n\n" + traceback.format_exc())
         print(f"kalm trainer: {message}", file=sys.stderr)
-        if pipes is not None:
-            pipes.log.error(message)
-        else:
-            print(json.dumps({"event": "error", "message": str(e)}), flush=True)
+        log({"event": "error", "message": str(e)})
+        if report_error is not None:
+            report_error(message)
         if code is None:
             raise e
         return code
