@@ -31,6 +31,16 @@ def _observe(defs, inst) -> int:
     return len(result.asset_events)
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to dagster dev's process group (it shuts its daemon and webserver down), SIGKILL after 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def _free_port() -> int:
     import socket
 
@@ -95,7 +105,6 @@ def test_the_real_daemon_rebuilds_an_edited_sources_chain_by_itself(env, tmp_pat
                 break
             time.sleep(3)
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=60)
+        _stop(daemon)
     rebuilt = {k for k in before if (stamp(k) or 0) > before[k]}
     assert rebuilt == BETA_CHAIN
