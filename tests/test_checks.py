@@ -107,19 +107,16 @@ def test_an_unknown_mteb_task_or_a_broken_beir_folder_is_an_error_before_any_ste
 
 
 def test_a_trainer_crash_is_the_failures_message_through_dagster_pipes(env, monkeypatch, capsys):
-    from kalm_core.config import TrainConfig
-
     tiny = PROFILES["tiny"]
     broken = replace(tiny, name="broken", train=replace(tiny.train, dims=(999, 64)))  # MiniLM has 384 dims
     monkeypatch.setitem(PROFILES, "broken", broken)
-    assert isinstance(broken.train, TrainConfig)
     assert main(["run", "--profile", "broken", "--select", "+key:training/candidate"]) == 1
     out = capsys.readouterr()
     text = out.out + out.err
     assert "the trainer failed: ValueError" in text and "999" in text  # the trainer's own message, not "see the logs"
     inst = runner.instance()
     logs = [e.user_message for e in inst.all_logs(inst.get_runs(limit=1)[0].run_id)]
-    assert any(m.startswith("step 1/") or "loss" in m for m in logs) is False  # it never reached a step
+    assert not any(m.startswith("step ") for m in logs)  # it never reached a training step
     assert any("[pipes]" in m for m in logs)  # the trainer ran as a Pipes session of the run
 
 
