@@ -46,8 +46,8 @@ def automated(assets: list, automate_training: bool = False) -> list:
     layers = DATA_LAYERS + (MODEL_LAYERS if automate_training else ())
 
     def condition(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key.path[0] not in layers or spec.key == dg.AssetKey(["marts", "mteb_summary"]) and \
-                not automate_training:
+        summary_of_models = spec.key == dg.AssetKey(["marts", "mteb_summary"])  # downstream of evaluation
+        if spec.key.path[0] not in layers or (summary_of_models and not automate_training):
             return spec
         return spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
 

@@ -90,12 +90,7 @@ def cmd_run(args) -> int:
     done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path) \
         if result else []
     failed = [e.step_key for e in result.get_step_failure_events()] if result else []
-    from dagster_project.progress import is_interrupt
-
-    if result is not None and any(is_interrupt(e.step_failure_data.error) for e in result.get_step_failure_events()
-                                  if e.step_failure_data and e.step_failure_data.error):
-        INTERRUPTED.set()
-    if INTERRUPTED.is_set():
+    if INTERRUPTED.is_set():  # set by the handler or by the progress logger's view of an interrupted step
         print(f"\nkalm run: interrupted (Ctrl-C) during step {failed[0] if failed else '(between steps)'}; stopped with "
               f"{len(done)} table(s) materialised and every later step not started", file=sys.stderr)
         return 130
