@@ -1,5 +1,6 @@
 """Benchmark: readers while a run writes. A 1M-row source stages (raw -> staged) into the lake, first alone, then
-while 8 reader processes run `kalm sql` queries in a loop (through the CLI's own sandboxed path).
+while 8 `kalm sql` sessions (real processes: `kalm sql - --csv`, queries on stdin, the lake attached once per
+session) run queries in a loop.
 
     .venv/bin/python benchmarks/bench_concurrency.py [--rows 1000000] [--readers 8] [--think 0.5]
 
@@ -11,15 +12,17 @@ the failed reads (goal 0) and, last, `RATIO staging time with readers/alone = X`
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_staging import generate  # noqa: E402
@@ -29,8 +32,8 @@ from kalm_core.catalog import Source  # noqa: E402
 from kalm_core.extract import load_file_source  # noqa: E402
 from kalm_core.staging import stage_source  # noqa: E402
 
-QUERIES = ("select count(*) from raw.bench", "select status, count(*) from staged.rejects group by all",
-           "select count(*) from lake.snapshots()")
+QUERIES = ("select count(*) from raw.bench;", "select status, count(*) from staged.rejects group by all;",
+           "select count(*) from lake.snapshots();")
 
 
 def stage(lake: Path, data: Path) -> float:
@@ -42,23 +45,42 @@ def stage(lake: Path, data: Path) -> float:
     return time.perf_counter() - t
 
 
-def reader(lake: str, think: float, stop, out) -> None:
-    import contextlib
-    import io
+class Reader(threading.Thread):
+    """One `kalm sql -` session: send a query, read its CSV up to the blank line that ends it, wait, repeat.
+    A result without its header line is a failed read (the session printed the error to stderr)."""
 
-    from dagster_project.cli import main
+    def __init__(self, lake: Path, think: float, stop: threading.Event, offset: int):
+        super().__init__(daemon=True)
+        env = {**os.environ, "KALM_LAKE": str(lake), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "sql", "-", "--csv"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, bufsize=1)
+        self.think, self.stop, self.i = think, stop, offset
+        self.latencies: list[float] = []
+        self.failed = 0
 
-    os.environ["KALM_LAKE"] = lake
-    latencies, failed, i = [], 0, 0
-    while not stop.is_set():
-        t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = main(["sql", QUERIES[i % len(QUERIES)], "--csv"])
-        latencies.append(time.perf_counter() - t)
-        failed += code != 0
-        i += 1
-        time.sleep(think)
-    out.put((latencies, failed))
+    def query(self, sql: str) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"a kalm sql session exited with {self.proc.returncode}")
+        self.proc.stdin.write(sql + "\n")
+        self.proc.stdin.flush()
+        lines = []
+        while (line := self.proc.stdout.readline()) not in ("\n", ""):
+            lines.append(line)
+        return bool(lines)
+
+    def run(self) -> None:
+        self.query("select 1;")  # the session is up: imports done, lake attached
+        self.ready = True
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            ok = self.query(QUERIES[self.i % len(QUERIES)])
+            self.latencies.append(time.perf_counter() - t)
+            self.failed += not ok
+            self.i += 1
+            time.sleep(self.think)
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main() -> None:
@@ -78,21 +100,24 @@ def main() -> None:
 
         lake = tmp / "lake"
         stage(lake, small)  # the readers' tables exist from the start
-        ctx = mp.get_context("spawn")
-        stop, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=reader, args=(str(lake), args.think, stop, out)) for _ in range(args.readers)]
-        for p in procs:
-            p.start()
+        stop = threading.Event()
+        readers = [Reader(lake, args.think, stop, i) for i in range(args.readers)]
+        for r in readers:
+            r.start()
         try:
-            time.sleep(5)  # the readers are importing and querying before the write starts
+            deadline = time.monotonic() + 120
+            while not all(getattr(r, "ready", False) for r in readers):
+                if time.monotonic() > deadline or any(not r.is_alive() for r in readers):
+                    raise RuntimeError("the kalm sql sessions did not start")
+                time.sleep(0.1)
+            time.sleep(2)  # the readers are querying before the write starts
             with_readers = stage(lake, data)
         finally:
             stop.set()
-        results = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join()
-    latencies = sorted(x for lat, _ in results for x in lat)
-    failed = sum(f for _, f in results)
+        for r in readers:
+            r.join(timeout=120)
+    latencies = sorted(x for r in readers for x in r.latencies)
+    failed = sum(r.failed for r in readers)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     print(f"staging with {args.readers} readers: {with_readers:.2f}s")
     print(f"reads: {len(latencies)}, failed {failed}; latency p50 {statistics.median(latencies) * 1000:.0f} ms, "

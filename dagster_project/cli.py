@@ -2,7 +2,8 @@
 
   kalm run [--profile NAME|FILE.json] [--select SELECTION] [--stale]   materialise the DAG (or a part of it)
   kalm ui [--port N]                                           the Dagster UI on 127.0.0.1
-  kalm sql "QUERY" [--csv] [--at SNAPSHOT]                     query the lake read-only (as of a snapshot)
+  kalm sql "QUERY"|- [--csv] [--at SNAPSHOT]                   query the lake read-only (as of a snapshot);
+                                                               '-': a session reading queries from stdin
   kalm snapshots                                               the lake's snapshots (each materialisation is one)
   kalm maintain [--keep-runs N]                                expire old snapshots, compact and delete old files
   kalm sources                                                 the catalogue with row counts
@@ -160,22 +161,51 @@ def cmd_ui(args) -> int:
     return subprocess.call(cmd)
 
 
+def _show(con, statements: list, as_csv: bool) -> None:
+    """Run the statements; print the last one's result (a table, or CSV with a header)."""
+    for st in statements[:-1]:
+        con.execute(st.query)
+    rel = con.sql(statements[-1].query) if statements else None
+    if rel is None:
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # DuckDB's CLI writes \n, not csv's \r\n
+        writer.writerow(rel.columns)
+        while rows := rel.fetchmany(10_000):
+            writer.writerows(rows)
+    else:
+        rel.show(max_width=200)
+
+
+def _stdin_queries(stream):
+    """Queries from a stream, each ended by a line that ends with `;` (or by the end of the stream)."""
+    buffer: list[str] = []
+    for line in stream:
+        buffer.append(line)
+        if line.rstrip().endswith(";"):
+            yield "".join(buffer)
+            buffer = []
+    if "".join(buffer).strip():
+        yield "".join(buffer)
+
+
 def cmd_sql(args) -> int:
-    statements = sandbox.check_statements(args.query)
+    if args.query != "-":
+        statements = sandbox.check_statements(args.query)
+        with sandbox.open_sandbox(at=args.at) as con:
+            _show(con, statements, args.csv)
+        return 0
+    # a session: the lake is attached once and every query sees the last committed snapshot (or --at)
+    failed = 0
     with sandbox.open_sandbox(at=args.at) as con:
-        for st in statements[:-1]:
-            con.execute(st.query)
-        rel = con.sql(statements[-1].query) if statements else None
-        if rel is None:
-            return 0
-        if args.csv:
-            writer = csv.writer(sys.stdout, lineterminator="\n")  # DuckDB's CLI writes \n, not csv's \r\n
-            writer.writerow(rel.columns)
-            while rows := rel.fetchmany(10_000):
-                writer.writerows(rows)
-        else:
-            rel.show(max_width=200)
-    return 0
+        for query in _stdin_queries(sys.stdin):
+            try:
+                _show(con, sandbox.check_statements(query), args.csv)
+            except (sandbox.ReadOnlyQuery, duckdb.Error) as e:
+                failed += 1
+                print(f"kalm: error: {e}", file=sys.stderr, flush=True)
+            print(flush=True)  # a blank line ends each result
+    return 1 if failed else 0
 
 
 def cmd_snapshots(args) -> int:
@@ -245,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(fn=cmd_ui)
 
     q = sub.add_parser("sql", help="query the lake read-only (no file access, no ATTACH, no settings)")
-    q.add_argument("query")
+    q.add_argument("query", help="the query; '-' reads queries from stdin, each ended by ';' at a line end, "
+                                 "over one connection (a blank line follows each result)")
     q.add_argument("--csv", action="store_true", help="CSV with a header instead of a table")
     q.add_argument("--at", type=int, metavar="SNAPSHOT", help="read the lake as of this snapshot id")
     _common(q)
@@ -276,12 +307,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command in ("run", "ui"):  # heavy imports: `kalm sql` starts in a second without them
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-model "Loading weights" bars drown the step progress
-    import datasets
+        hf_logging.disable_progress_bar()  # per-model "Loading weights" bars drown the step progress
+        import datasets
 
-    datasets.disable_progress_bars()  # mteb's per-split "Standardizing" bars, likewise
+        datasets.disable_progress_bars()  # mteb's per-split "Standardizing" bars, likewise
     try:
         _apply_env(args)
         return args.fn(args)

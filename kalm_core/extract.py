@@ -178,8 +178,8 @@ def _normalise_jsonl(con, cols: dict) -> None:
     q, pos = rec(cols["query"]), rec(cols["positive"])
     # a query or positive must be text: a list or an object is a load error, never its JSON text
     type_error = (f"case when json_type({q}) not in ('VARCHAR', 'NULL') then 'query is not text (' || json_type({q}) "
-                  f"|| ')' when json_type({pos}) = 'ARRAY' and list_bool_or(list_transform(from_json({pos}, "
-                  f"'[\"JSON\"]'), lambda e: json_type(e) not in ('VARCHAR', 'NULL'))) then 'positive is not text' "
+                  f"|| ')' when json_type({pos}) = 'ARRAY' and json_structure({pos}) not in ('[\"VARCHAR\"]', "
+                  f"'[\"NULL\"]') then 'positive is not text' "
                   f"when json_type({pos}) not in ('VARCHAR', 'NULL', 'ARRAY') then 'positive is not text (' || "
                   f"json_type({pos}) || ')' end")
     con.execute(
@@ -206,9 +206,11 @@ def _normalise_jsonl(con, cols: dict) -> None:
     )
 
 
-def _normalise_table(con, cols: dict, types: dict) -> None:
-    def as_list(name: str) -> str:
-        return f"cast({_qcol(name)} as varchar[])" if types[name].endswith("[]") else f"[cast({_qcol(name)} as varchar)]"
+def _normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
+    """Typed columns of _kalm_src -> _kalm_norm (a temp table, or a view the raw table reads in the same pass)."""
+    def as_list(name: str) -> str:  # a null list is an empty one, like a JSON null
+        return (f"coalesce(cast({_qcol(name)} as varchar[]), [])" if types[name].endswith("[]")
+                else f"[cast({_qcol(name)} as varchar)]")
 
     neg = cols.get("negatives")
     names = [neg] if isinstance(neg, str) else list(neg or [])
@@ -228,7 +230,7 @@ def _normalise_table(con, cols: dict, types: dict) -> None:
             from _kalm_src""", {"error": error})
         return
     con.execute(
-        f"""create or replace temp table _kalm_norm as
+        f"""create or replace temp {kind} _kalm_norm as
         select rowid + 1 as ordinal,
                cast({_qcol(cols['query'])} as varchar) as query,
                {as_list(cols['positive'])} as positives,
@@ -295,16 +297,62 @@ def _finish(con, src: Source) -> RawStats:
         from exploded""",
         {"source": src.name},
     )
+    # every record became exactly one row with positive_index 1 (a record without positives: one null positive)
     rows, records, malformed = con.execute(
-        f"select count(*), count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
-        f"from {table('raw', src.name)}"
+        f"select count(*), count(*) filter (positive_index = 1), "
+        f"count(*) filter (positive_index = 1 and load_error is not null) from {table('raw', src.name)}"
     ).fetchall()[0]
     return RawStats(records=records, rows=rows, malformed=malformed)
+
+
+_TEXT = ("VARCHAR", "VARCHAR[]")
+
+
+def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
+    """The fast path for a local jsonl file of JSON objects with text where text belongs: DuckDB's JSON reader
+    detects each column's type over every record (a column with any other value in any record becomes JSON) and
+    parses each line once, straight into typed columns; raw.<source> is written in the same pass (1.6x faster than
+    keeping each line's text and parsing it in SQL). Anything else (a malformed, blank or non-object line, a
+    duplicate key, a query that is ever a list or a number) returns None and leaves the lake as it was; the line
+    path then loads the file and keeps each odd line as a quarantined record with its reason."""
+    paths = records.files(uri)
+    scan = records.scan_lines(paths)
+    if scan.records == 0 or scan.needs_python_split():
+        return None
+    try:
+        con.execute(
+            "create or replace temp table _kalm_src as select * from read_json($u, format = 'newline_delimited', "
+            f"records = true, sample_size = -1, maximum_object_size = {records.MAX_RECORD_BYTES + 16})", {"u": uri})
+    except duckdb.Error:
+        return None
+    try:
+        if con.execute("select count(*) from _kalm_src").fetchall()[0][0] != scan.records:
+            return None  # a blank line: the reader skips it, the line path keeps it as a record
+        types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
+        try:
+            cols = _resolve_columns(src, list(types), uri)
+        except SourceError:
+            return None
+        negs = cols.get("negatives")
+        negs = [negs] if isinstance(negs, str) else list(negs or [])
+        if (types[cols["query"]] != "VARCHAR" or types[cols["positive"]] not in _TEXT
+                or any(types[n] not in _TEXT for n in negs)
+                or (cols.get("id") and types[cols["id"]] not in ("VARCHAR", "BIGINT", "UBIGINT"))):
+            return None
+        _normalise_table(con, cols, types, kind="view")
+        stats = _finish(con, src)  # one statement: raw.<source> is replaced in one commit
+    finally:
+        con.execute("drop view if exists _kalm_norm; drop table if exists _kalm_src")
+    return replace(stats, file_records=scan.records)
 
 
 def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     """Read a `file` source into raw.<name>."""
     uri = src.resolved_uri(base_dir)
+    if src.resolved_format() == "jsonl" and _is_local(uri) and glob.glob(uri):
+        stats = _load_clean_jsonl(con, src, uri)
+        if stats is not None:
+            return stats
     kind, available, types, n_records = _stage_file(con, src, uri)
     if n_records == 0:
         raise SourceError(f"source {src.name!r}: {uri} holds no records (an empty file)")

@@ -7,8 +7,16 @@ and positive joined by the unit separator, the same pair getting the same id in 
 
 from __future__ import annotations
 
+# The Unicode space separators (category Zs): exactly what DuckDB's trim() strips from either end.
+SPACE_SEPARATORS = (0x20, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)
+_ENDS_IN_SPACE = " or ".join(f"ends_with(t, chr({c}))" for c in SPACE_SEPARATORS)
+_ZS = ", ".join(str(c) for c in SPACE_SEPARATORS)
+
 MACROS = {
-    "kalm_clean": "(t) as nfc_normalize(trim(t))",  # DuckDB's trim: leading and trailing spaces
+    # = nfc_normalize(trim(t)). DuckDB's trim walks every code point to find the right end, so it runs only on a
+    # text that ends in a space; ltrim stops at the first non-space (1M queries + positives: 1.0 s -> 0.2 s).
+    "kalm_clean": (f"(t) as nfc_normalize(case when {_ENDS_IN_SPACE} then trim(t) "
+                   f"when unicode(t) in ({_ZS}) then ltrim(t) else t end)"),
     "kalm_pair_id": "(q, p) as md5(q || chr(31) || p)",  # over cleaned texts
 }
 

@@ -18,3 +18,23 @@ def test_the_median_needs_three_runs():
     assert median_rate([3.0, 1.0, 2.0]) == 2.0
     with pytest.raises(ValueError, match="at least 3 runs"):
         median_rate([1.0, 2.0])
+
+
+@pytest.mark.parametrize("script, args, last", [
+    ("bench_staging.py", ["--rows", "3000"], "RATIO staging time ours/bare-scan = "),
+    ("bench_concurrency.py", ["--rows", "3000", "--readers", "2", "--think", "0.05"],
+     "RATIO staging time with readers/alone = "),
+])
+def test_the_lake_benchmarks_run_and_print_their_ratio(script, args, last):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith(last) and float(lines[-1].split("= ")[1]) > 0
+    if script == "bench_concurrency.py":
+        assert "failed reads = 0" in lines

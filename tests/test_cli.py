@@ -167,3 +167,40 @@ def test_ctrl_c_stops_the_whole_run_and_names_the_interrupted_step(env, tmp_path
     assert "kalm run: interrupted (Ctrl-C) during step" in err and "Traceback" not in err.splitlines()[-1]
     with warehouse.connect(read_only=True) as con:
         assert not warehouse.exists(con, "training", "candidate")  # nothing after the interrupt ran
+
+
+def test_sql_session_from_stdin_sees_each_commit_and_outlives_a_refused_query(tmp_path):
+    """`kalm sql -` attaches the lake once and answers queries from stdin, each from the last committed snapshot."""
+    import os
+    import subprocess
+    import sys
+
+    from kalm_core import warehouse
+
+    lake = tmp_path / "lake"
+    with warehouse.connect(lake) as con:
+        con.execute("create table raw.t as select 1 as x")
+    session = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "sql", "-", "--csv"], cwd=ROOT,
+                               env={**os.environ, "KALM_LAKE": str(lake)}, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(sql: str) -> list[str]:
+        session.stdin.write(sql + "\n")
+        session.stdin.flush()
+        lines = []
+        while (line := session.stdout.readline()) not in ("\n", ""):
+            lines.append(line.rstrip("\n"))
+        return lines
+
+    try:
+        assert ask("select count(*) as n from raw.t;") == ["n", "1"]
+        with warehouse.connect(lake) as con:  # another writer commits while the session stays attached
+            con.execute("insert into raw.t values (2), (3)")
+        assert ask("select count(*) as n\nfrom raw.t;") == ["n", "3"]  # a query may span lines
+        assert ask(f"copy raw.t to '{tmp_path / 'x.csv'}';") == []  # refused, and the session goes on
+        assert ask("select sum(x) as s from raw.t;") == ["s", "6"]
+        session.stdin.close()
+        assert session.wait(timeout=60) == 1  # one query failed
+        assert "COPY statements are refused" in session.stderr.read() and not (tmp_path / "x.csv").exists()
+    finally:
+        session.kill()

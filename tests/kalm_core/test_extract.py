@@ -117,3 +117,59 @@ def test_an_empty_file_is_a_clear_error(con, tmp_path):
     (tmp_path / "e.jsonl").write_bytes(b"")
     with pytest.raises(SourceError, match="holds no records"):
         load_file_source(con, Source(name="e", uri="e.jsonl"), tmp_path)
+
+
+CLEAN_FILES = {
+    # lists of text, nulls, empty lists, an id, unmapped members, non-ASCII text
+    "lists": [{"query": " naïve query ", "pos": ["p1", None, "p2"], "neg": ["n1", None], "id": "a", "meta": {"k": 1}},
+              {"query": None, "pos": None, "neg": None, "id": "b"},
+              {"query": "q3", "pos": [], "neg": [], "id": "c", "meta": [1, 2]},
+              {"query": "q4", "pos": ["p4"], "id": "d"}],
+    # scalar text members and a numeric id
+    "scalars": [{"query": "q1", "pos": "p1", "neg": "n1", "id": 1}, {"query": "q2", "pos": None, "id": 2},
+                {"query": "デ", "pos": "ベ", "neg": None, "id": 3}],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLEAN_FILES))
+def test_the_typed_fast_path_writes_what_the_line_path_writes(con, tmp_path, monkeypatch, case):
+    """A clean jsonl file loads through DuckDB's typed JSON reader; the rows equal the line path's, row for row."""
+    from kalm_core import extract
+
+    write_jsonl(tmp_path / "f.jsonl", CLEAN_FILES[case])
+    src = Source(name="fast", uri="f.jsonl", columns={"query": "query", "positive": "pos", "negatives": "neg",
+                                                      "id": "id"})
+    taken = []
+    fast = extract._load_clean_jsonl
+    monkeypatch.setattr(extract, "_load_clean_jsonl", lambda *a: taken.append(fast(*a)) or taken[-1])
+    fast_stats = load_file_source(con, src, tmp_path)
+    assert taken[0] is not None  # the fast path loaded it
+    monkeypatch.setattr(extract, "_load_clean_jsonl", lambda *a: None)
+    line_stats = load_file_source(con, src.model_copy(update={"name": "line"}), tmp_path)
+    assert fast_stats == line_stats and fast_stats.records == len(CLEAN_FILES[case])
+    cols = "row_number, positive_index, record_id, query, positive, negatives, load_error, raw_record, content_hash"
+    fast_rows = con.execute(f"select {cols} from raw.fast order by all").fetchall()
+    assert fast_rows == con.execute(f"select {cols} from raw.line order by all").fetchall()
+    assert len(fast_rows) == fast_stats.rows
+
+
+@pytest.mark.parametrize("body, malformed", [
+    (GOOD + b"\n" + GOOD, 1), (GOOD + b'{"query": ["l"], "pos": ["b"]}\n', 1), (GOOD + b"[1]\n", 1),
+    (GOOD + b'{"query": "a", "query": "b", "pos": ["c"]}\n', 0),  # the line path reads a duplicate key
+])
+def test_an_odd_line_sends_the_file_to_the_line_path(con, tmp_path, body, malformed):
+    from kalm_core import extract
+
+    (tmp_path / "o.jsonl").write_bytes(body)
+    assert extract._load_clean_jsonl(con, Source(name="o", uri="o.jsonl"), str(tmp_path / "o.jsonl")) is None
+    assert not con.execute("select count(*) from information_schema.tables where table_name = 'o'").fetchall()[0][0]
+    stats = load_file_source(con, Source(name="o", uri="o.jsonl"), tmp_path)
+    assert stats.records == stats.file_records == body.count(b"\n") and stats.malformed == malformed  # kept, with its reason
+
+
+def test_a_null_list_in_a_parquet_row_keeps_the_row(con, tmp_path):
+    pl.DataFrame({"query": ["a", "b"], "pos": [["x"], None], "neg": [None, ["n"]]}).write_parquet(tmp_path / "n.parquet")
+    stats = load_file_source(con, Source(name="n", uri="n.parquet"), tmp_path)
+    df = rows(con, "n")
+    assert stats.records == 2 and df["row_number"].to_list() == [1, 2] and df["positive"].to_list() == ["x", None]
+    assert df["negatives"].to_list() == [[], ["n"]]

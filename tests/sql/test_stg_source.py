@@ -85,3 +85,28 @@ def test_accounting_holds_for_any_size(con, n):
     pairs = [(f"q{i % 7}", f"p{i % 5}") for i in range(n)]
     stats = stage_source(con, _raw(con, "acc", pairs))
     assert stats.balanced and stats.rows_in == n
+
+
+def test_the_first_row_of_a_pair_is_kept_row_then_positive_order(con):
+    """Duplicates resolve to the earliest (row_number, positive_index), within a record and across records; every
+    Unicode space separator is trimmed, as DuckDB's trim does."""
+    src = Source(name="d", kind="python-docs", packages=["x"])
+    frame = pl.DataFrame({"ordinal": [1, 2, 3], "query": ["q", "\u00a0q\u3000", "r"],
+                          "positives": [["b", "a"], ["a"], ["x", " x\u2003"]], "negatives": [[], [], []],
+                          "record_id": [None] * 3},
+                         schema={"ordinal": pl.Int64, "query": pl.Utf8, "positives": pl.List(pl.Utf8),
+                                 "negatives": pl.List(pl.Utf8), "record_id": pl.Utf8})
+    load_frame_source(con, src, frame)
+    stats = stage_source(con, src)
+    assert (stats.kept, stats.duplicates) == (3, 2) and stats.balanced
+    kept = con.execute('select row_number, positive_index from staged."d" order by all').fetchall()
+    assert kept == [(1, 1), (1, 2), (3, 1)]
+    dups = con.execute("select row_number, positive_index from staged.rejects where status = 'duplicate' "
+                       "order by all").fetchall()
+    assert dups == [(2, 1), (3, 2)]
+
+
+@pytest.mark.parametrize("text", [" a ", "\u00a0a", "a\u202f", "\u3000 a \u2000", "a b", "", " ", "\u00a0", "a\t"])
+def test_kalm_clean_equals_nfc_of_duckdbs_trim(con, text):
+    got, want = con.execute("select kalm_clean($t), nfc_normalize(trim($t))", {"t": text}).fetchone()
+    assert got == want
