@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import warehouse as wh
 from kalm_core.batching import allowed_purity_gap, has_duplicate_texts, purity_ok, semi_homogeneous
 from kalm_core.config import data_dir, get_profile
@@ -36,10 +37,11 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             per_device_batch=cfg.per_device_batch, world_size=cfg.world_size, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
             rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
-            snapshot_sha256=digest))
+            snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
             con, "batched", "batch_purity", mean_purity=stats.mean_purity, expected_purity=stats.expected_purity,
-            purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch))
+            purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
+            **run_profile_versions(context, settings.profile, PURITY))
     context.log.info(f"{stats.batches} batches of {cfg.global_batch}, purity {stats.mean_purity:.3f} "
                      f"(expected {stats.expected_purity:.3f}), snapshot {snapshot}")
 

@@ -6,6 +6,7 @@ import polars as pl
 from assets.marts import overlap_count
 from assets.training import CANDIDATE, RESULTS
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
@@ -68,7 +69,7 @@ def mteb_results(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         "trained_minus_base_full_dim": series["trained"][full] - series["base"][full],
         "summary": dg.MetadataValue.md(_markdown(summary)),
         "score_vs_dim": dg.MetadataValue.md(plots_md), "mteb_result_json": dg.MetadataValue.path(results_dir),
-        "trained_model": trained})
+        "trained_model": trained}, **run_profile_versions(context, settings.profile))
 
 
 @dg.asset_check(asset=RESULTS, name="candidate_beats_base", blocking=True,

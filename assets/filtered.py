@@ -5,6 +5,7 @@ import polars as pl
 
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import warehouse as wh
 from kalm_core.catalog import Catalog, Source
 from kalm_core.config import data_dir, get_profile, resolve_model_path
@@ -48,7 +49,7 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                                 f"window; k and the window shrank to {stats.window}")
         context.log.info(f"filtered/{src.name}: kept {stats.kept}/{stats.pairs}, median positive rank "
                          f"{stats.median_pos_rank}, {encoder.encoded} texts encoded (rest from cache)")
-        return dg.MaterializeResult(metadata=meta)
+        return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile))
 
     return _filtered
 
@@ -93,7 +94,7 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     with warehouse.connect() as con:
         wh.write(con, "filtered", "synthetic", out)
         meta = table_metadata(con, "filtered", "synthetic", per_task_type=dg.MetadataValue.json(stats))
-    return dg.MaterializeResult(metadata=meta)
+    return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile))
 
 
 def build(catalog: Catalog) -> tuple[list, list]:

@@ -40,10 +40,21 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class SettingsResource(dg.ConfigurableResource):
-    """Which catalogue and profile this code location was built from."""
+    """Which catalogue and profile a run uses. `profile` is the code location's (`kalm run --profile`, or
+    $KALM_PROFILE for `kalm ui`); a run launched from the UI's launchpad may pick another
+    (`resources: {settings: {config: {profile: kalm-mini}}}`, a name or a JSON file), validated before any step
+    and recorded in the versions of what it builds (assets/versions.py)."""
 
-    catalog_path: str
+    catalog_path: str | None = None  # None: the code location's ($KALM_CATALOG, else the project's)
     profile: str = "demo"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from kalm_core.config import get_profile
+
+        try:
+            get_profile(self.profile)
+        except ValueError as e:
+            raise dg.Failure(description=f"settings.profile: {e}") from None
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)

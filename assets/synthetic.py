@@ -8,9 +8,11 @@ import dagster as dg
 import polars as pl
 
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import warehouse as wh
 from kalm_core.synthesis.backends import BackendConfig, make_backend
-from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, PAIR_SCHEMA, REJECT_SCHEMA, SynthesisConfig,
+from kalm_core.config import SynthesisConfig, get_profile
+from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, PAIR_SCHEMA, REJECT_SCHEMA,
                                           brainstorm_requests, collect_examples, collect_instructions,
                                           failed_share, generation_requests, run_stage)
 from kalm_core.synthesis.personas import load_personas
@@ -45,13 +47,15 @@ def personas(warehouse: WarehouseResource, settings: SettingsResource) -> dg.Mat
 
 @dg.asset(key=INSTRUCTIONS, deps=[PERSONAS], group_name="synthetic", kinds={"duckdb"},
           description="Stage 1: task instructions brainstormed under a random persona, per retrieval task type.")
-def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    backend_cfg, cfg = BackendConfig.from_env(), SynthesisConfig()
+def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                 settings: SettingsResource) -> dg.MaterializeResult:
+    backend_cfg, cfg = BackendConfig.from_env(), get_profile(settings.profile).synthesis
     if not backend_cfg.enabled:
         with warehouse.connect() as con:
             wh.write(con, "synthetic", "instructions", pl.DataFrame(schema={
                 "instruction": pl.Utf8, "task_type": pl.Utf8, "persona_id": pl.Utf8, "brainstorm_key": pl.Utf8}))
-        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "enabled": False, "how_to_enable": HOW_TO_ENABLE})
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "enabled": False, "how_to_enable": HOW_TO_ENABLE},
+                                    **run_profile_versions(context, settings.profile))
     backend = make_backend(backend_cfg)
     with warehouse.connect(read_only=True) as con:
         people = [tuple(r) for r in con.execute("select persona_id, persona from synthetic.personas").fetchall()]
@@ -64,7 +68,8 @@ def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         wh.write(con, "synthetic", "brainstorm_rejects", rejects)
     return dg.MaterializeResult(metadata={
         **_stage_metadata(stats, backend_cfg), "dagster/row_count": frame.height, "rejected_brainstorms": rejects.height,
-        "per_task_type": dg.MetadataValue.json(dict(frame.group_by("task_type").len().iter_rows()))})
+        "per_task_type": dg.MetadataValue.json(dict(frame.group_by("task_type").len().iter_rows()))},
+        **run_profile_versions(context, settings.profile))
 
 
 @dg.multi_asset(
@@ -73,15 +78,17 @@ def instructions(context: dg.AssetExecutionContext, warehouse: WarehouseResource
            dg.AssetSpec(REJECTS, deps=[INSTRUCTIONS], group_name="synthetic", kinds={"duckdb"},
                         description="Answers that failed validation, with the raw text and the reason.")],
 )
-def examples(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    backend_cfg, cfg = BackendConfig.from_env(), SynthesisConfig()
+def examples(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
+    backend_cfg, cfg = BackendConfig.from_env(), get_profile(settings.profile).synthesis
     if not backend_cfg.enabled:
         with warehouse.connect() as con:
             wh.write(con, "synthetic", "examples", pl.DataFrame(schema=PAIR_SCHEMA))
             wh.write(con, "synthetic", "rejects", pl.DataFrame(schema=REJECT_SCHEMA))
         yield dg.MaterializeResult(asset_key=EXAMPLES, metadata={"dagster/row_count": 0, "enabled": False,
-                                                                 "how_to_enable": HOW_TO_ENABLE})
-        yield dg.MaterializeResult(asset_key=REJECTS, metadata={"dagster/row_count": 0})
+                                                                 "how_to_enable": HOW_TO_ENABLE},
+                                   **run_profile_versions(context, settings.profile, EXAMPLES))
+        yield dg.MaterializeResult(asset_key=REJECTS, metadata={"dagster/row_count": 0},
+                                   **run_profile_versions(context, settings.profile, REJECTS))
         return
     backend = make_backend(backend_cfg)
     with warehouse.connect(read_only=True) as con:
@@ -98,10 +105,12 @@ def examples(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     yield dg.MaterializeResult(asset_key=EXAMPLES, metadata={
         **_stage_metadata(stats, backend_cfg), **accounting, "dagster/row_count": pairs.height,
         "accept_rate": accounting["accepted"] / max(accounting["requests"], 1),
-        "per_task_type": dg.MetadataValue.json(per_task), "sample": dg.MetadataValue.md(sample)})
+        "per_task_type": dg.MetadataValue.json(per_task), "sample": dg.MetadataValue.md(sample)},
+        **run_profile_versions(context, settings.profile, EXAMPLES))
     yield dg.MaterializeResult(asset_key=REJECTS, metadata={
         "dagster/row_count": rejects.height,
-        "reasons": dg.MetadataValue.json(dict(rejects.group_by("reason").len().iter_rows()))})
+        "reasons": dg.MetadataValue.json(dict(rejects.group_by("reason").len().iter_rows()))},
+        **run_profile_versions(context, settings.profile, REJECTS))
 
 
 @dg.asset_check(asset=EXAMPLES, name="request_accounting", blocking=True,
@@ -117,14 +126,15 @@ def request_accounting(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckR
 
 def build_backend_health_check(key: dg.AssetKey, stage: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=key, name="llm_failures_below_threshold", blocking=True,
-                    description=f"at most {SynthesisConfig.max_failed_share:.0%} of the {stage} requests failed: "
-                                "a dead or overloaded backend fails the run instead of yielding an empty layer")
-    def _health(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+                    description=f"at most the profile's share ({SynthesisConfig.max_failed_share:.0%} by default) of "
+                                f"the {stage} requests failed: a dead or overloaded backend fails the run instead of "
+                                "yielding an empty layer")
+    def _health(context: dg.AssetCheckExecutionContext, settings: SettingsResource) -> dg.AssetCheckResult:
         meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
         if "sent" not in meta:  # no backend configured: the stage is off, as its metadata says
             return dg.AssetCheckResult(passed=True, metadata={"enabled": False})
         failed, requests = meta["failed"].value, meta["requests"].value
-        share, limit = failed_share(failed, requests), SynthesisConfig.max_failed_share
+        share, limit = failed_share(failed, requests), get_profile(settings.profile).synthesis.max_failed_share
         backend = meta["backend"].value
         return dg.AssetCheckResult(
             passed=share <= limit,

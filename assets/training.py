@@ -12,6 +12,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 
 from assets.batched import BATCHES
 from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
@@ -95,9 +96,10 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
         "final_loss": summary["final_loss"], "pairs_per_s": summary["pairs_per_s"],
         "tokens_per_s": summary["tokens_per_s"], "loss_curve": dg.MetadataValue.md(curve),
         "profile": profile.name, "snapshot": snapshot, "batches_snapshot": lake_snapshot,
-        "lake_snapshot": dg.MetadataValue.int(lake_snap)})
+        "lake_snapshot": dg.MetadataValue.int(lake_snap)}, **run_profile_versions(context, settings.profile, CANDIDATE))
     yield dg.MaterializeResult(asset_key=RUNS, metadata={"dagster/row_count": n_runs, "run_id": run_id,
-                                                         "lake_snapshot": dg.MetadataValue.int(lake_snap)})
+                                                         "lake_snapshot": dg.MetadataValue.int(lake_snap)},
+                               **run_profile_versions(context, settings.profile, RUNS))
 
 
 @dg.asset(key=EMBEDDER, deps=[RESULTS], group_name="training", kinds={"duckdb"},

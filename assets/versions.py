@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
 
-from kalm_core.config import Profile
+from kalm_core.config import Profile, get_profile
 from kalm_core.versions import code_version
+
+CODE_VERSION_TAG, DATA_VERSION_TAG = "dagster/code_version", "dagster/data_version"
+PROFILE_TAG = "kalm/profile"  # on every materialisation of a table the profile shapes: which profile built it
 
 MODEL = ("kalm_core.model", "kalm_core.device")
 LAYER_CODE: dict[str, tuple[str, ...]] = {
@@ -25,7 +30,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
 
 def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
-    return {"filtered": (profile.filter, profile.model), "batched": (profile.batch,),
+    return {"synthetic": (profile.synthesis,), "filtered": (profile.filter, profile.model), "batched": (profile.batch,),
             "training": (profile.model, profile.train, profile.batch),
             "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())
 
@@ -41,3 +46,34 @@ def versioned(assets: list, profile: Profile) -> list:
                                                                  base=spec.code_version))
 
     return dg.map_asset_specs(version, assets)
+
+
+def _latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
+    record = instance.get_latest_data_version_record(key)
+    if record is None:
+        return ""
+    entry = record.event_log_entry
+    event = entry.asset_materialization or entry.asset_observation
+    return (event.tags or {}).get(DATA_VERSION_TAG, "") if event else ""
+
+
+def run_profile_versions(context: dg.AssetExecutionContext, profile_name: str,
+                         key: dg.AssetKey | None = None) -> dict:
+    """Versions for a materialisation made with a profile picked at launch (the launchpad's
+    `resources.settings.config.profile`) other than the code location's: the code version computed with that
+    profile (Dagster lets an output's tags replace the definition's), so the UI shows the table stale against the
+    location's profile, and a data version over it and the inputs' data versions, so what reads the table sees it
+    change. When the run uses the location's profile, Dagster's own versions are the right ones and only the
+    profile's name is added."""
+    key = key or context.assets_def.key
+    layer = key.path[0]
+    profile = get_profile(profile_name)
+    defined = context.assets_def.code_versions_by_key.get(key)
+    used = code_version(LAYER_CODE[layer], layer_settings(layer, profile))
+    if used == defined:
+        return {"tags": {PROFILE_TAG: profile.name}}
+    h = hashlib.sha256(used.encode())
+    for dep in sorted(d.asset_key.to_user_string() for d in context.assets_def.specs_by_key[key].deps):
+        h.update(f"{dep}={_latest_data_version(context.instance, dg.AssetKey.from_user_string(dep))}".encode())
+    return {"tags": {PROFILE_TAG: profile.name, CODE_VERSION_TAG: used},
+            "data_version": dg.DataVersion(h.hexdigest()[:16])}

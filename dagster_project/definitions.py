@@ -47,7 +47,8 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
         sensors=automation.sensors(catalog, raw.fingerprint),
         resources={
             "warehouse": WarehouseResource(lake=_lake_location(lake)),
-            "settings": SettingsResource(catalog_path=str(catalog.path),
+            # a launchpad run may give only `profile`: the catalogue path stays the location's unless given here
+            "settings": SettingsResource(catalog_path=str(catalog.path) if catalog_path else None,
                                          profile=profile or os.environ.get("KALM_PROFILE", "demo")),
         },
         executor=dg.in_process_executor,  # in-process is ~5x faster for this graph (docs/DESIGN.md)

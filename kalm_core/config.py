@@ -41,6 +41,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SynthesisConfig:
+    """The scale of persona-based synthesis (KaLM §3.2 (1)): brainstormed instructions, then one example each."""
+
+    personas_per_task: int = 4  # brainstorm requests per retrieval task type
+    n_instructions: int = 20  # instructions asked for per brainstorm
+    max_instructions_per_task: int = 50  # examples per retrieval task type: one per kept instruction
+    sts_examples: int = 20
+    bitext_examples: int = 20
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 2048
+    seed: int = 0
+    max_failed_share: float = 0.05  # a stage with more failed requests fails its check: the backend is not healthy
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """Ranking-consistency filtering and hard-negative mining (KaLM §3.2 techniques (2)-(3))."""
 
@@ -115,6 +131,7 @@ class EvalConfig:
 class Profile:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -166,7 +183,8 @@ def profile_from_dict(data: dict) -> Profile:
     def build(cls, d):
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    return Profile(name=data["name"], model=build(ModelConfig, data["model"]), filter=build(FilterConfig, data["filter"]),
+    return Profile(name=data["name"], model=build(ModelConfig, data["model"]),
+                   synthesis=build(SynthesisConfig, data.get("synthesis", {})), filter=build(FilterConfig, data["filter"]),
                    batch=build(BatchConfig, data["batch"]), train=build(TrainConfig, data["train"]),
                    eval=build(EvalConfig, data["eval"]), automate_training=data.get("automate_training", False))
 

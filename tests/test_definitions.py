@@ -153,3 +153,55 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
     assert trained["loss_curve"].value.startswith("![plot](data:image/png;base64,")
     evaluated = inst.get_latest_materialization_event(K(["evaluation", "mteb_results"])).asset_materialization.metadata
     assert "score_vs_dim" in evaluated and "trained_minus_base_full_dim" in evaluated
+
+
+def status(defs, inst, key):
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=inst, asset_graph=graph)
+    return CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view).get_status(key)
+
+
+def test_a_profile_picked_at_launch_is_validated_used_and_versioned(env, tmp_path):
+    """The launchpad's `resources.settings.config.profile`: the run uses it, its tables carry the code version of
+    that profile (so the UI shows them stale against the location's), and an unknown one fails before any step."""
+    from dataclasses import asdict, replace
+
+    from dagster._core.definitions.data_version import StaleStatus
+
+    from dagster_project.automation import ALL_JOB
+    from tests.conftest import TINY
+
+    alpha = K(["filtered", "alpha"])
+    assert main(["run", "--select", "+key:filtered/alpha"]) == 0
+    defs, inst = build_defs(), runner.instance()
+    defined = defs.resolve_asset_graph().get(alpha).code_version
+    job = defs.resolve_job_def(ALL_JOB)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(asdict(replace(TINY, name="other", filter=replace(TINY.filter, top_k=3)))))
+
+    def launch(profile=None):
+        config = {**runner.QUIET, "resources": {"settings": {"config": {"profile": profile}}}} if profile else \
+            runner.QUIET
+        return job.execute_in_process(instance=inst, asset_selection=[alpha], run_config=config, raise_on_error=False)
+
+    def latest():
+        return inst.get_latest_materialization_event(alpha).asset_materialization
+
+    assert launch(str(other)).success
+    event = latest()
+    assert event.tags["kalm/profile"] == "other"  # the run used the launch profile
+    assert event.tags["dagster/code_version"] != defined and event.tags["dagster/data_version_is_user_provided"]
+    assert status(defs, inst, alpha) == StaleStatus.STALE  # the UI: built with another profile than the location's
+    assert launch().success  # the location's own profile again: Dagster's own versions
+    assert latest().tags["dagster/code_version"] == defined and latest().tags["kalm/profile"] == "tiny"
+    assert status(defs, inst, alpha) == StaleStatus.FRESH
+    before = inst.get_latest_materialization_event(alpha).timestamp
+    bad = launch("nope")
+    assert not bad.success and inst.get_latest_materialization_event(alpha).timestamp == before
+    errors = [e for e in bad.all_events if e.is_failure]
+    assert any("unknown profile 'nope'" in str(e.event_specific_data) for e in errors), errors

@@ -13,8 +13,9 @@ from dataclasses import replace
 
 from kalm_core import warehouse as wh
 from kalm_core.catalog import load_catalog
+from kalm_core.config import SynthesisConfig
 from kalm_core.synthesis.backends import BackendConfig, make_backend
-from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, SynthesisConfig, brainstorm_requests,
+from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, brainstorm_requests,
                                           collect_examples, collect_instructions, generation_requests, run_stage)
 from kalm_core.synthesis.personas import load_personas
 from kalm_core.synthesis.store import GenerationStore

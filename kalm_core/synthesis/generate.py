@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from kalm_core.config import SynthesisConfig
 from kalm_core.pairs import pair_ids
 from kalm_core.synthesis.backends import Backend, ChatRequest, ChatResult
 from kalm_core.synthesis.store import GenerationStore
@@ -25,20 +26,6 @@ from kalm_core.synthesis.validation import Rejected, parse_example, parse_instru
 BRAINSTORM, GENERATE = "brainstorm", "generate"
 STS_INSTRUCTION = "Retrieve semantically similar text."
 BITEXT_INSTRUCTION = "Retrieve parallel sentences."
-
-
-@dataclass(frozen=True)
-class SynthesisConfig:
-    personas_per_task: int = 4  # brainstorm requests per retrieval task type
-    n_instructions: int = 20  # instructions asked for per brainstorm
-    max_instructions_per_task: int = 50
-    sts_examples: int = 20
-    bitext_examples: int = 20
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 2048
-    seed: int = 0
-    max_failed_share: float = 0.05  # a stage with more failed requests fails its check: the backend is not healthy
 
 
 def failed_share(failed: int, requests: int) -> float:
