@@ -6,6 +6,7 @@ Encode the source's queries and corpus (through the embedding cache), rank each 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from kalm_core.ranking_consistency import Corpus, Window, keep_decision, rank_po
 
 @dataclass
 class CachedEncoder:
-    """An Embedder behind the embedding cache; counts what it truly encoded and what it truncated."""
+    """An Embedder behind the embedding cache; counts what it truly encoded and what it truncated. `model` may be a
+    loader, called on the first text the cache misses: a rebuild whose texts are all cached never loads a model."""
 
-    embedder: Embedder
+    model: Embedder | Callable[[], Embedder]
     cache: EmbeddingCache
     batch_size: int = 64
     show_progress: bool = False
@@ -34,8 +36,14 @@ class CachedEncoder:
     @classmethod
     def load(cls, model_path: str, embedder_config, cache_root: str | Path, **kw) -> "CachedEncoder":
         """On the GPU in bf16/fp16 with token-budget batches when there is one (kalm_core/device.py)."""
-        emb = Embedder.for_inference(embedder_config, model_path)
-        return cls(emb, EmbeddingCache(cache_root, model_path, embedder_config), **kw)
+        return cls(lambda: Embedder.for_inference(embedder_config, model_path),
+                   EmbeddingCache(cache_root, model_path, embedder_config), **kw)
+
+    @property
+    def embedder(self) -> Embedder:
+        if not isinstance(self.model, Embedder):
+            self.model = self.model()
+        return self.model
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
         max_len = self.embedder.config.query_max_len if is_query else self.embedder.config.passage_max_len

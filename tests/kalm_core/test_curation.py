@@ -169,3 +169,21 @@ def test_a_candidate_pool_joins_the_corpus_and_feeds_mining():
     assert stats.corpus_size == plain.corpus_size + len(pool)
     row = out.filter(pl.col("pair_id") == "p1").row(0, named=True)
     assert any(n.startswith("pool ") for n in row["negatives"])
+
+
+def test_a_rebuild_whose_texts_are_all_cached_never_loads_the_model(tmp_path):
+    from kalm_core.filtering import CachedEncoder
+
+    config, path = ModelConfig(), resolve_model_path(ModelConfig().base_model)
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return Embedder.for_inference(config, path)
+
+    first = CachedEncoder(loader, EmbeddingCache(tmp_path, path, config))
+    vectors = first.passages(["alpha", "beta"])
+    assert loads == [1] and first.encoded == 2
+    again = CachedEncoder(loader, EmbeddingCache(tmp_path, path, config))
+    assert np.allclose(again.passages(["beta", "alpha"]), vectors[::-1]) and again.encoded == 0
+    assert loads == [1]  # everything came from the cache: the model was never loaded
