@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run ui test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/kalm run
+	$(BIN)/kalm run --offline
+
+ui: $(STAMP)
+	$(BIN)/kalm ui --offline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,7 +1,7 @@
 """`kalm`: the command line, thin over Dagster and the lake.
 
-  kalm run [--profile NAME|FILE.json] [--select SELECTION] [--stale]   materialise the DAG (or a part of it)
-  kalm ui [--port N]                                           the Dagster UI on 127.0.0.1
+  kalm run [--profile NAME|FILE.json] [--select SELECTION] [--stale] [--offline]   materialise the DAG (or part)
+  kalm ui [--port N] [--offline]                               the Dagster UI on 127.0.0.1 (its runs alike)
   kalm sql "QUERY"|- [--csv] [--at SNAPSHOT]                   query the lake read-only (as of a snapshot);
                                                                '-': a session reading queries from stdin
   kalm snapshots                                               the lake's snapshots (each materialisation is one)
@@ -29,6 +29,18 @@ from kalm_core.locks import LakeBusy
 from kalm_core.catalog import CatalogError, load_catalog
 
 
+# nothing from the Hugging Face hub: the bundled model, local paths, MTEB tasks skipped with the reason
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1"}
+# per-model "Loading weights" and mteb's per-split bars drown the step progress
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def _offline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true",
+                   help="never reach the Hugging Face hub (HF_HUB_OFFLINE=1): local and bundled models only, hub "
+                        "MTEB tasks skipped with the reason")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", help="the project folder: its catalog/sources.yaml and data/ (default: the "
                                      "working directory)")
@@ -52,6 +64,11 @@ def _apply_env(args) -> None:
         os.chdir(args.project)
     if getattr(args, "profile", None):
         os.environ["KALM_PROFILE"] = args.profile
+    if getattr(args, "offline", False):
+        os.environ.update(OFFLINE_ENV)
+    if args.command in ("run", "ui"):  # `kalm ui`'s runs are other processes: they get these from the environment
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
 
 
 def cmd_run(args) -> int:
@@ -66,6 +83,8 @@ def cmd_run(args) -> int:
     _refuse_empty_sources(load_catalog())
     defs = build_defs(profile=args.profile)
     inst = runner.instance()
+    for run_id in runner.fail_dead_runs(inst):
+        print(f"kalm run: run {run_id} was left STARTED by a process that died; marked failed", file=sys.stderr)
     if args.stale:
         runner.observe_sources(defs, inst)
         keys = runner.stale_keys(defs, inst)
@@ -155,7 +174,9 @@ def _refuse_empty_sources(catalog) -> None:
 def cmd_ui(args) -> int:
     from dagster_project import runner
 
-    runner.instance()  # sets DAGSTER_HOME beside the lake, so the UI shows `kalm run`'s history
+    inst = runner.instance()  # sets DAGSTER_HOME beside the lake, so the UI shows `kalm run`'s history
+    for run_id in runner.fail_dead_runs(inst):  # the UI's own runs are watched by the daemon's run monitoring
+        print(f"kalm ui: run {run_id} was left STARTED by a kalm run process that died; marked failed", file=sys.stderr)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
            "-p", str(args.port)]
     return subprocess.call(cmd)
@@ -266,11 +287,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
     r.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,
                    help="after a full run, keep the snapshots the last N training runs need (default %(default)s)")
+    _offline(r)
     _common(r)
     r.set_defaults(fn=cmd_run)
 
     u = sub.add_parser("ui", help="run `dagster dev` on 127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
+    _offline(u)
     _common(u)
     u.set_defaults(fn=cmd_ui)
 

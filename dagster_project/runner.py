@@ -7,6 +7,7 @@ Dagster's stale-status resolver says which assets a changed file (or an edited S
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,7 @@ from kalm_core.config import data_dir
 
 PROGRESS = {"loggers": {"progress": {}}}  # one line per step (dagster_project/progress.py)
 QUIET = {"loggers": {"quiet": {}}}
+HOST_TAG, PID_TAG = "kalm/host", "kalm/pid"  # where a `kalm run` executes (fail_dead_runs)
 
 
 def instance() -> dg.DagsterInstance:
@@ -72,6 +74,33 @@ def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | N
     return sorted(keys)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def fail_dead_runs(inst: dg.DagsterInstance) -> list[str]:
+    """`kalm run` executes in its own process, where no daemon watches it (under `kalm ui`, Dagster's run
+    monitoring does): a run whose process was killed (-9, out of memory) would stay STARTED forever. Each run is
+    tagged with its host and pid; a STARTED one whose process is gone from this host is marked failed, naming it.
+    Returns the run ids so marked."""
+    marked = []
+    for run in inst.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                   tags={HOST_TAG: socket.gethostname()})):
+        pid = int(run.tags.get(PID_TAG, "0"))
+        if pid and not _alive(pid):
+            inst.report_run_failed(run, f"the kalm run process (pid {pid} on {run.tags[HOST_TAG]}) died while the "
+                                        "run was in progress (killed, or out of memory); marked failed by the next "
+                                        "kalm run")
+            marked.append(run.run_id)
+    return marked
+
+
 def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.AssetKey] | None = None,
                 observe: bool = True):
     """Observe the sources (unless the caller just did), then materialise `keys` (all when None); failures are
@@ -79,4 +108,5 @@ def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.As
     if observe:
         observe_sources(defs, inst)
     job = defs.resolve_job_def(ALL_JOB)
-    return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS)
+    return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS,
+                                  tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})

@@ -204,3 +204,102 @@ def test_sql_session_from_stdin_sees_each_commit_and_outlives_a_refused_query(tm
         assert "COPY statements are refused" in session.stderr.read() and not (tmp_path / "x.csv").exists()
     finally:
         session.kill()
+
+
+def test_kalm_ui_gives_its_runs_the_settings_kalm_run_uses(env, monkeypatch):
+    """`kalm ui --offline` starts `dagster dev` (whose runs are other processes) with the environment `kalm run
+    --offline` sets for itself."""
+    import os
+    import subprocess
+
+    from dagster_project import cli
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.update(cmd=cmd, env=dict(os.environ)) or 0)
+    assert main(["ui", "--offline", "--port", "3999"]) == 0
+    assert seen["cmd"][1:4] == ["-m", "dagster", "dev"] and "3999" in seen["cmd"]
+    assert {k: seen["env"].get(k) for k in {**cli.OFFLINE_ENV, **cli.QUIET_ENV}} == {**cli.OFFLINE_ENV, **cli.QUIET_ENV}
+    assert seen["env"]["DAGSTER_HOME"] == os.environ["DAGSTER_HOME"]  # the history of `kalm run`
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (from /proc)."""
+    import os
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+def _run_in_background(env, tmp_path, profile, *argv):
+    import os
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(asdict(profile), default=list))
+    return subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "run", *argv], cwd=ROOT,
+                            env={**os.environ, "KALM_PROFILE": str(path)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_during_training_stops_torchrun_and_its_workers(env, tmp_path):
+    """Stopping a run (Ctrl-C here; a UI cancel reaches the step the same way) reaches the trainer through
+    Dagster Pipes and torchrun: no worker outlives the run."""
+    import signal
+    import time
+    from dataclasses import replace
+
+    from tests.conftest import TINY
+
+    assert main(["run", "--select", "+key:batched/batches"]) == 0
+    long = replace(TINY, train=replace(TINY.train, nproc=2, max_steps=None, epochs=100_000))
+    run = _run_in_background(env, tmp_path, long, "--select", "key:training/candidate")
+    models = str(env["dir"] / "data" / "models")
+    seen = []
+    for line in run.stdout:  # the trainer is stepping: torchrun and its two workers are up
+        seen.append(line)
+        if "step 1/" in line:
+            break
+    assert len(_processes_mentioning(models)) >= 3, "".join(seen)[-3000:] + (run.stderr.read() if run.poll() else "")
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(models) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(models) == []
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed(env, tmp_path):
+    import signal
+
+    import dagster as dg
+
+    from dagster_project import runner
+    from tests.conftest import TINY
+
+    run = _run_in_background(env, tmp_path, TINY)
+    for line in run.stdout:  # mid-run
+        if " ok " in line:
+            break
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    inst = runner.instance()
+    started = inst.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert len(started) == 1 and started[0].tags[runner.PID_TAG] == str(run.pid)
+    assert runner.fail_dead_runs(inst) == [started[0].run_id]
+    assert inst.get_run_by_id(started[0].run_id).status == dg.DagsterRunStatus.FAILURE
+    messages = [e.dagster_event.message or "" for e in inst.all_logs(started[0].run_id) if e.dagster_event]
+    assert any(f"pid {run.pid}" in m and "died" in m for m in messages)
+    assert runner.fail_dead_runs(inst) == []  # a live or finished run is never touched
