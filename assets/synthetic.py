@@ -10,8 +10,8 @@ import polars as pl
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
 from kalm_core import warehouse as wh
-from kalm_core.synthesis.backends import BackendConfig, make_backend
 from kalm_core.config import SynthesisConfig, get_profile
+from kalm_core.synthesis.backends import BackendConfig, make_backend
 from kalm_core.synthesis.generate import (BRAINSTORM, GENERATE, PAIR_SCHEMA, REJECT_SCHEMA,
                                           brainstorm_requests, collect_examples, collect_instructions,
                                           failed_share, generation_requests, run_stage)

@@ -154,7 +154,7 @@ def _reader(spec: LakeSpec) -> duckdb.DuckDBPyConnection:
     key = (os.getpid(), spec.catalog, spec.data_path, file_id)
     con = _READERS.get(key)
     if con is None:
-        for old in [k for k in _READERS if k[1:3] == key[1:3]]:
+        for old in [k for k in _READERS if k[0] == key[0] and k[1:3] == key[1:3]]:  # this lake, made again
             _READERS.pop(old).close()
         con = new_connection()
         attach(con, spec, read_only=True)
