@@ -149,3 +149,25 @@ def test_snapshots_time_travel_and_retention(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         with warehouse.connect(path) as con:
             retention.maintain(con, keep_runs=0)
+
+
+def test_reads_share_one_attached_lake_and_see_each_commit_and_a_lake_made_again(tmp_path):
+    import shutil
+
+    lake = tmp_path / "lake"
+    with warehouse.connect(lake) as con:
+        con.execute("create table raw.t as select 1 as x")
+    with warehouse.connect(lake, read_only=True) as r1, warehouse.connect(lake, read_only=True) as r2:
+        assert r1.execute("select count(*) from raw.t").fetchall() == [(1,)]
+        assert r2.execute("select kalm_clean(' a ')").fetchall() == [("a",)]  # macros on every cursor
+    with warehouse.connect(lake) as con:
+        con.execute("insert into raw.t values (2)")
+    with warehouse.connect(lake, read_only=True) as r:
+        assert r.execute("select count(*) from raw.t").fetchall() == [(2,)]  # the shared instance sees the commit
+    assert len([k for k in warehouse._READERS if str(lake) in k[1]]) == 1
+    shutil.rmtree(lake)
+    with warehouse.connect(lake) as con:
+        con.execute("create table raw.u as select 7 as y")
+    with warehouse.connect(lake, read_only=True) as r:
+        assert r.execute("select * from raw.u").fetchall() == [(7,)]
+        assert not r.execute("select count(*) from information_schema.tables where table_name = 't'").fetchall()[0][0]
