@@ -16,6 +16,7 @@ import glob
 import importlib.util
 import os
 import sqlite3
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from kalm_core.identifiers import LAYERS, table
 from kalm_core.locks import WriteLock
 
 DEFAULT_LAKE = "data/lake"
+LAKE_ID = "lake.id"  # written beside a new SQLite catalogue
 CATALOG = "lake"  # the name the lake is attached under
 
 
@@ -114,13 +116,24 @@ def new_connection(**config) -> duckdb.DuckDBPyConnection:
 
 
 def _create_sqlite_catalog(path: Path) -> None:
-    """A new SQLite catalogue in WAL mode, so readers never block the writer's commit (WAL is persistent)."""
+    """A new SQLite catalogue in WAL mode, so readers never block the writer's commit (WAL is persistent), and the
+    lake's identity beside it (a lake deleted and made again at the same path is another lake to its readers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / LAKE_ID).write_text(uuid.uuid4().hex)
     c = sqlite3.connect(path)
     try:
         c.execute("pragma journal_mode=wal")
     finally:
         c.close()
+
+
+def _lake_identity(spec: LakeSpec) -> str | None:
+    if spec.sqlite_file is None:
+        return None
+    try:
+        return (spec.sqlite_file.parent / LAKE_ID).read_text()
+    except FileNotFoundError:  # a lake made before identities: its catalogue file's inode
+        return str(spec.sqlite_file.stat().st_ino)
 
 
 def attach(con, spec: LakeSpec, read_only: bool = False, at: int | None = None) -> None:
@@ -139,19 +152,15 @@ def attach(con, spec: LakeSpec, read_only: bool = False, at: int | None = None) 
     con.execute(f"use {CATALOG}")
 
 
-_READERS: dict[tuple, duckdb.DuckDBPyConnection] = {}  # (pid, catalogue, data path, catalogue file id) -> instance
+_READERS: dict[tuple, duckdb.DuckDBPyConnection] = {}  # (pid, catalogue, data path, lake identity) -> instance
 
 
 def _reader(spec: LakeSpec) -> duckdb.DuckDBPyConnection:
     """This process's read-only instance of the lake, attached once. Loading the extensions and attaching cost
     ~0.3 s per new DuckDB instance, paid by every read of every step before; each read now takes a cursor, whose
     every transaction still sees the last committed snapshot. Keyed by pid (a forked child opens its own) and by
-    the catalogue file's identity (a lake deleted and made again is attached again)."""
-    file_id = None
-    if spec.sqlite_file is not None:
-        st = spec.sqlite_file.stat()
-        file_id = (st.st_dev, st.st_ino)
-    key = (os.getpid(), spec.catalog, spec.data_path, file_id)
+    the lake's identity (a lake deleted and made again is attached again)."""
+    key = (os.getpid(), spec.catalog, spec.data_path, _lake_identity(spec))
     con = _READERS.get(key)
     if con is None:
         for old in [k for k in _READERS if k[0] == key[0] and k[1:3] == key[1:3]]:  # this lake, made again
