@@ -171,3 +171,29 @@ def test_reads_share_one_attached_lake_and_see_each_commit_and_a_lake_made_again
     with warehouse.connect(lake, read_only=True) as r:
         assert r.execute("select * from raw.u").fetchall() == [(7,)]
         assert not r.execute("select count(*) from information_schema.tables where table_name = 't'").fetchall()[0][0]
+
+
+def test_exists_binds_a_query_and_a_miss_leaves_the_transaction_usable(tmp_path):
+    with warehouse.connect(tmp_path / "lake") as con:
+        con.execute("create table raw.a as select 1 as x")
+        con.execute("begin")
+        con.execute("insert into raw.a select 2")
+        assert warehouse.exists(con, "raw", "a") and not warehouse.exists(con, "raw", "nope")
+        con.execute("commit")  # the miss did not abort it
+        assert warehouse.count(con, "raw", "a") == 2
+    with warehouse.connect(tmp_path / "lake", read_only=True) as con:
+        assert warehouse.exists(con, "raw", "a") and not warehouse.exists(con, "staged", "a")
+
+
+def test_small_tables_are_files_not_catalogue_tables(tmp_path):
+    """Data inlining is off: each inlined table version would be a table of its own in the SQLite catalogue, which
+    makes every later table access slower."""
+    import sqlite3
+
+    with warehouse.connect(tmp_path / "lake") as con:
+        for i in range(3):
+            con.execute(f"create or replace table raw.small as select {i} as x")
+        assert warehouse.count(con, "raw", "small") == 1
+    catalog = sqlite3.connect(tmp_path / "lake" / "catalog.sqlite")
+    inlined = catalog.execute("select count(*) from ducklake_inlined_data_tables").fetchall()[0][0]
+    assert inlined == 0 and list((tmp_path / "lake" / "data").rglob("*.parquet"))
