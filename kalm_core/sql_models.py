@@ -4,6 +4,9 @@ A model declares its inputs in the file with `{{ ref('layer.name') }}`; `{{ ref(
 the pipeline builds in that layer, unioned by name; `{{ ref('layer.*', 'subset') }}` only the tables of a named
 subset (`held_out`: the evaluation sources), so the model depends on nothing else. A header of `-- key: value` lines documents the grain, key and
 invariants; `-- materialization: per_source` marks a template run once per source instead (staging).
+`-- incremental: <column>` marks a model whose rows each come from one table of its `ref('layer.*')`, the column
+naming which (`source`: the table's name, or name/part): when only some of those tables changed, their rows alone are
+recomputed (`run_incremental`, dbt's incremental model with a delete+insert strategy).
 The code version is a hash of the SQL text, so an edited model shows as stale.
 """
 
@@ -16,6 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from kalm_core.identifiers import LAYERS, check_identifier, table
+from kalm_core.warehouse import replace_rows
 
 SQL_DIR = Path(str(files("kalm_core") / "sql"))  # package data: the repository's sql/, shipped in the wheel
 _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*(?:,\s*['\"]([a-z_]+)['\"]\s*)?\)\s*\}\}")
@@ -38,6 +42,12 @@ class SqlModel:
     def refs(self) -> list[tuple[str, str, str]]:
         """(layer, name or '*', subset or '') of every `ref()` in the file, in order, without repeats."""
         return list(dict.fromkeys(_REF.findall(self.text)))
+
+    @property
+    def partition(self) -> str | None:
+        """The column of an incremental model (`-- incremental: <column>`): the input table a row comes from."""
+        column = (self.header.get("incremental") or "").split(" ", 1)[0]  # the rest of the line is a comment
+        return check_identifier(column, "incremental column") if column else None
 
     @property
     def description(self) -> str:
@@ -116,3 +126,29 @@ def run_model(con, model: SqlModel, built: dict[str, list[str]]) -> int:
     """Materialise the model as table layer.name; returns its row count."""
     con.execute(f"create or replace table {table(model.layer, model.name)} as {model.render(built)}")
     return con.execute(f"select count(*) from {table(model.layer, model.name)}").fetchall()[0][0]
+
+
+def run_incremental(con, model: SqlModel, built: dict[str, list[str]], changed: list[tuple[str, str]]) -> int:
+    """Recompute an incremental model's rows for the `changed` tables of its `ref('layer.*')` only, in one commit: its
+    SQL over those tables alone replaces the rows whose `model.partition` names one of them (the table's name, or
+    that name, '/' and a part: `synthetic/retrieval` comes from filtered.synthetic). A new row that names another
+    table breaks that contract and is refused. Returns the row count."""
+    column, target = model.partition, table(model.layer, model.name)
+    if column is None:
+        raise ValueError(f"{model.path}: not an incremental model (no `-- incremental: <column>` header)")
+    wildcard = {layer for layer, name, subset in model.refs if name == "*" and not subset}
+    if not changed or any(layer not in wildcard for layer, _ in changed):
+        raise ValueError(f"{model.path}: only tables of its ref('layer.*') can be recomputed alone, not {changed}")
+    names = sorted({name for _, name in changed})
+    only = {**built, **{layer: [n for n in built.get(layer, []) if (layer, n) in changed] for layer in wildcard}}
+    owned = f"list_contains($names, split_part({column}, '/', 1))"
+    con.execute(f"create or replace temp table _kalm_increment as select * from ({model.render(only)})")
+    try:
+        (stray,) = con.execute(f"select count(*) from _kalm_increment where not {owned}", {"names": names}).fetchone()
+        if stray:
+            raise ValueError(f"{model.path}: {stray} row(s) from {', '.join(names)} have a {column} that names no "
+                             f"input table: `-- incremental: {column}` needs it to name the table each row came from")
+        replace_rows(con, target, owned, "_kalm_increment", {"names": names})
+    finally:
+        con.execute("drop table if exists _kalm_increment")
+    return con.execute(f"select count(*) from {target}").fetchall()[0][0]

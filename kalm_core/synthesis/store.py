@@ -17,6 +17,7 @@ import polars as pl
 
 from kalm_core.identifiers import table
 from kalm_core.synthesis.backends import ChatResult
+from kalm_core.warehouse import replace_rows
 
 DDL = f"""create table if not exists {table('synthetic', 'generations')} (
     key varchar, stage varchar, task_type varchar, persona_id varchar, instruction varchar,
@@ -68,13 +69,7 @@ class GenerationStore:
         with self._connect() as con:
             con.register("_kalm_generations", frame.to_arrow())
             try:
-                con.execute("begin transaction")
-                con.execute(f"delete from {gens} where key in (select key from _kalm_generations)")
-                con.execute(f"insert into {gens} select * from _kalm_generations")
-                con.execute("commit")
-            except Exception:
-                con.execute("rollback")
-                raise
+                replace_rows(con, gens, "key in (select key from _kalm_generations)", "_kalm_generations")
             finally:
                 con.unregister("_kalm_generations")
         self.buffer.clear()

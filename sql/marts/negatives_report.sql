@@ -1,5 +1,6 @@
 -- grain: one row per filtered source
 -- key: source
+-- incremental: source (each filtered table holds one source: a changed one recomputes its own row)
 -- invariants: negatives = given + mined in window + filled at random
 
 with filtered_pairs as (

@@ -1,6 +1,7 @@
 import pytest
 
-from kalm_core.sql_models import SqlModel, discover, parse_header, run_model
+from kalm_core import warehouse
+from kalm_core.sql_models import SqlModel, discover, parse_header, run_incremental, run_model
 
 
 def _model(tmp_path, layer, name, text):
@@ -64,3 +65,56 @@ def test_bad_refs_and_folders_are_refused(tmp_path):
 
 def test_parse_header_stops_at_the_first_sql_line():
     assert parse_header("-- grain: one row\n-- key: id\nselect 1\n-- key: other") == {"grain": "one row", "key": "id"}
+
+
+REPORT = """-- grain: one row per source
+-- key: source
+-- incremental: source (a comment after the column)
+select source, count(*) as n, max(x) as top from {{ ref('filtered.*') }} group by source order by source
+"""
+
+
+def _rows(con, t="marts.report"):
+    return con.execute(f"select * from {t} order by source").fetchall()
+
+
+def test_an_incremental_model_recomputes_the_changed_tables_rows_only_and_equals_a_whole_build(tmp_path, con):
+    _model(tmp_path, "marts", "report", REPORT)
+    (model,) = discover(tmp_path)
+    assert model.partition == "source"
+    built = {"filtered": ["a", "b", "c"]}
+    for name, n in (("a", 3), ("b", 2), ("c", 4)):
+        con.execute(f"create table filtered.{name} as select '{name}' as source, range as x from range({n})")
+    con.execute('create table filtered."d" as select \'d\' as source, 1 as x')  # not an input: never read
+    run_model(con, model, built)
+    # b changes (fewer rows under b, new ones under b/two), c is emptied, a is untouched
+    con.execute("create or replace table filtered.b as select case when range = 0 then 'b' else 'b/two' end "
+                "as source, range + 10 as x from range(3)")
+    con.execute("create or replace table filtered.c as select 'c' as source, 1 as x where false")
+    con.execute("delete from filtered.a")  # a change no one reported: an incremental build does not see it
+    assert run_incremental(con, model, built, [("filtered", "b"), ("filtered", "c")]) == 3
+    assert _rows(con) == [("a", 3, 2), ("b", 1, 10), ("b/two", 2, 12)]
+    con.execute("create or replace table filtered.b as select 'b' as source, 5 as x")  # b/two is gone again
+    assert run_incremental(con, model, built, [("filtered", "b")]) == 2
+    assert _rows(con) == [("a", 3, 2), ("b", 1, 5)]
+    con.execute("insert into filtered.a select 'a', 7")
+    run_model(con, model, built)
+    assert _rows(con) == [("a", 1, 7), ("b", 1, 5)]  # a whole build reads every table again
+
+
+def test_an_incremental_update_is_refused_for_other_models_inputs_and_rows_and_changes_nothing(tmp_path, con):
+    _model(tmp_path, "marts", "report", REPORT)
+    _model(tmp_path, "marts", "plain", "select * from {{ ref('filtered.*') }}")
+    report, plain = sorted(discover(tmp_path), key=lambda m: m.name, reverse=True)
+    built = {"filtered": ["a", "b"]}
+    con.execute("create table filtered.a as select 'a' as source, 1 as x")
+    con.execute("create table filtered.b as select 'b' as source, 2 as x")
+    run_model(con, report, built)
+    with pytest.raises(ValueError, match="not an incremental model"):
+        run_incremental(con, plain, built, [("filtered", "a")])
+    with pytest.raises(ValueError, match="only tables of its ref"):
+        run_incremental(con, report, built, [("staged", "a")])
+    con.execute("create or replace table filtered.a as select 'b' as source, 9 as x")  # a row that names table b
+    with pytest.raises(ValueError, match="1 row\\(s\\) from a have a source that names no input table"):
+        run_incremental(con, report, built, [("filtered", "a")])
+    assert _rows(con) == [("a", 1, 1), ("b", 1, 2)]
