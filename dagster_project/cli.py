@@ -71,6 +71,19 @@ def _apply_env(args) -> None:
             os.environ.setdefault(key, value)
 
 
+def _quiet_loaded_libraries() -> None:
+    """QUIET_ENV turns the progress bars off in a library imported after it; one this process imported before (a
+    caller of main(), a test) is told directly. Nothing is imported here: `kalm ui` starts without transformers."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def cmd_run(args) -> int:
     from dagster import AssetKey
 
@@ -101,12 +114,14 @@ def cmd_run(args) -> int:
     t0 = time.monotonic()
     lake = wh.lake_spec()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
+    from assets.marts import FULL_REFRESH_TAG
     from assets.resources import INTERRUPTED
 
     INTERRUPTED.clear()
     result = None
     with _stop_on_ctrl_c():
-        result = runner.materialize(defs, inst, keys, observe=not args.stale)  # --stale observed already
+        result = runner.materialize(defs, inst, keys, observe=not args.stale,  # --stale observed already
+                                    tags={FULL_REFRESH_TAG: "true"} if args.full_refresh else None)
     done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path) \
         if result else []
     failed = [e.step_key for e in result.get_step_failure_events()] if result else []
@@ -285,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default=None, help="config profile: a name (demo, kalm-mini) or a JSON file of one (default: $KALM_PROFILE or demo)")
     r.add_argument("--select", help="Dagster asset selection, e.g. 'key:raw/numpy+' or 'group:marts'")
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
+    r.add_argument("--full-refresh", action="store_true",
+                   help="build incremental SQL models whole instead of recomputing only their changed inputs' rows")
     r.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,
                    help="after a full run, keep the snapshots the last N training runs need (default %(default)s)")
     _offline(r)
@@ -330,15 +347,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command in ("run", "ui"):  # heavy imports: `kalm sql` starts in a second without them
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # per-model "Loading weights" bars drown the step progress
-        import datasets
-
-        datasets.disable_progress_bars()  # mteb's per-split "Standardizing" bars, likewise
     try:
         _apply_env(args)
+        if args.command in ("run", "ui"):
+            _quiet_loaded_libraries()
         return args.fn(args)
     except BrokenPipeError:  # `kalm sql ... | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)

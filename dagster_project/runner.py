@@ -6,6 +6,7 @@ Dagster's stale-status resolver says which assets a changed file (or an edited S
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -23,16 +24,31 @@ QUIET = {"loggers": {"quiet": {}}}
 HOST_TAG, PID_TAG = "kalm/host", "kalm/pid"  # where a `kalm run` executes (fail_dead_runs)
 
 
+_RUN_MONITORING = ("run_monitoring:\n  enabled: true\n  poll_interval_seconds: 30\n"
+                   "  max_resume_run_attempts: 0\n")
+_EARLIER_CONFIGS = ("telemetry:\n  enabled: false\n" + _RUN_MONITORING,)  # what earlier versions wrote
+_OURS = "telemetry:\n  enabled: false\n" + _RUN_MONITORING + "event_log_storage:\n  module: dagster_project.event_log\n"
+
+
+def instance_config(home: str) -> str:
+    """dagster.yaml: telemetry off; run monitoring (the daemon, under `kalm ui`: a run whose worker process died is
+    marked failed, not left STARTED); the event log in Dagster's own files, through a storage with less per-query
+    work (dagster_project/event_log.py)."""
+    return (_OURS + "  class: KalmSqliteEventLogStorage\n"
+            f"  config:\n    base_dir: {json.dumps(os.path.join(os.path.abspath(home), 'history', 'runs', ''))}\n")
+
+
 def instance() -> dg.DagsterInstance:
     """The persistent instance: $DAGSTER_HOME, else data/dagster_home beside the lake."""
     home = os.environ.get("DAGSTER_HOME") or str(data_dir() / "dagster_home")
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
-    if not config.exists():
-        # run monitoring (the daemon, under `kalm ui`): a run whose worker process died is marked failed, not left
-        # STARTED
-        config.write_text("telemetry:\n  enabled: false\nrun_monitoring:\n  enabled: true\n"
-                          "  poll_interval_seconds: 30\n  max_resume_run_attempts: 0\n")
+    wanted = instance_config(home)
+    current = config.read_text() if config.exists() else None
+    # a config kalm wrote (earlier versions', or this one for a home since moved) is brought up to date; one a user
+    # wrote is left alone
+    if current is None or (current != wanted and (current in _EARLIER_CONFIGS or current.startswith(_OURS))):
+        config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()
 
@@ -53,6 +69,8 @@ def stale_keys(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dg.AssetK
     graph = defs.resolve_asset_graph()
     view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                           instance=inst, asset_graph=graph)
+    # every asset record in one query, not one per asset as the resolver asks (~0.2 s on 50 assets)
+    view.get_inner_queryer_for_back_compat().prefetch_asset_records(graph.get_all_asset_keys())
     resolver = CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view)
     ordered = [k for level in graph.toposorted_asset_keys_by_level for k in sorted(level)
                if graph.get(k).is_materializable]
@@ -108,11 +126,11 @@ def fail_dead_runs(inst: dg.DagsterInstance) -> list[str]:
 
 
 def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.AssetKey] | None = None,
-                observe: bool = True):
-    """Observe the sources (unless the caller just did), then materialise `keys` (all when None); failures are
-    reported, not raised."""
+                observe: bool = True, tags: dict[str, str] | None = None):
+    """Observe the sources (unless the caller just did), then materialise `keys` (all when None), the run tagged
+    with `tags` too; failures are reported, not raised."""
     if observe:
         observe_sources(defs, inst)
     job = defs.resolve_job_def(ALL_JOB)
     return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS,
-                                  tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+                                  tags={**(tags or {}), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})

@@ -62,7 +62,45 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     assert runner.stale_keys(build_defs(), inst) == []
     with warehouse.connect(read_only=True) as con:
         got = {q for (q,) in con.execute("select query from marts.training_pairs where source = 'beta'").fetchall()}
+        report = con.execute("select source, pairs, kept from marts.filter_report order by source").fetchall()
+        truth = con.execute("select source, count(*), count(*) filter (kept) from (select * from filtered.alpha "
+                            "union all by name select * from filtered.beta union all by name "
+                            "select * from filtered.synthetic) group by source order by source").fetchall()
     assert got == {"what is a tensor", "what is a graph"}
+    # the per-source reports recomputed beta's row alone, and agree with a count over every filtered table
+    how = inst.get_latest_materialization_event(K(["marts", "filter_report"])).asset_materialization.metadata
+    assert how["materialized"].text == "incremental: filtered.beta"
+    assert report == truth
+    assert main(["run", "--full-refresh", "--select", "key:marts/filter_report"]) == 0
+    how = inst.get_latest_materialization_event(K(["marts", "filter_report"])).asset_materialization.metadata
+    assert how["materialized"].text == "whole"
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute("select source, pairs, kept from marts.filter_report order by source").fetchall() == truth
+
+
+def test_the_instance_keeps_dagster_files_and_upgrades_only_a_config_kalm_wrote(tmp_path, monkeypatch):
+    from dagster_project.event_log import KalmSqliteEventLogStorage
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(runner._EARLIER_CONFIGS[0])  # what an earlier kalm wrote
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    inst = runner.instance()
+    assert isinstance(inst.event_log_storage, KalmSqliteEventLogStorage)
+    assert inst.event_log_storage._base_dir == str(home / "history" / "runs")  # Dagster's own place: history kept
+    inst.report_runless_asset_event(dg.AssetMaterialization("x"))
+    assert inst.get_latest_materialization_event(K("x")) is not None
+    from dagster._core.storage.event_log.migration import ASSET_KEY_INDEX_COLS
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    storage = inst.event_log_storage
+    for _ in range(2):  # the second answer comes from memory and must be Dagster's
+        assert storage.has_secondary_index(ASSET_KEY_INDEX_COLS) is \
+            SqliteEventLogStorage.has_secondary_index(storage, ASSET_KEY_INDEX_COLS) is True
+    mine = "telemetry:\n  enabled: true\n"
+    (home / "dagster.yaml").write_text(mine)
+    runner.instance()
+    assert (home / "dagster.yaml").read_text() == mine  # a user's own config is theirs
 
 
 def test_a_missing_file_fails_its_source_only(env, capsys):
