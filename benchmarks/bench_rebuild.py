@@ -7,7 +7,8 @@ A temporary project with N file sources of real docstring pairs (plus one held-o
 batched layer with the demo profile, batches grouped by task type (given as a JSON profile file, so one number can
 change). Then, each timed as
 `kalm run --stale` over the data layers (raw, staged, filtered, marts, batched; no training):
-1. the full rebuild: every data-layer asset re-materialised (`kalm run --select` of them all), the anchor;
+1. the full rebuild: every data-layer asset re-materialised, incremental SQL models built whole (`kalm run
+   --full-refresh --select` of them all), the anchor;
 2. one source's file edited (rows appended);
 3. one catalogue field changed (another source's instruction);
 4. one profile number that only the filter reads (filter.top_k).
@@ -102,7 +103,7 @@ def main() -> None:
         quiet = io.StringIO()
         with redirect_stdout(quiet):
             first, built = _run(["--select", DATA])
-            full, rebuilt_full = _run(["--select", DATA])
+            full, rebuilt_full = _run(["--full-refresh", "--select", DATA])
         print(f"initial build {first:.1f}s ({len(built)} assets); full rebuild of the data layers {full:.1f}s "
               f"({len(rebuilt_full)} assets, embedding cache warm)")
         tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report", "batched/batches",
