@@ -113,12 +113,18 @@ def _changed_inputs(context: dg.AssetExecutionContext, con, model: sql_models.Sq
     deps = {d.asset_key for d in context.assets_def.specs_by_key[key].deps}
     if set(provenance.input_data_versions) != deps:
         return None
+    records = context.instance.get_asset_records(sorted(deps, key=lambda k: k.path))  # one query for all
+    if len(records) != len(deps):  # an input's history was wiped
+        return None
     changed = []
-    for dep in sorted(deps, key=lambda k: k.path):
-        record = context.instance.get_latest_data_version_record(dep)
-        current = extract_data_version_from_entry(record.event_log_entry) if record else None
-        if current != provenance.input_data_versions[dep]:
-            changed.append(tuple(dep.path))
+    for record in records:
+        entry = record.asset_entry
+        latest = max((r for r in (entry.last_materialization_record, entry.last_observation_record) if r),
+                     key=lambda r: r.storage_id, default=None)
+        current = extract_data_version_from_entry(latest.event_log_entry) if latest else None
+        if current != provenance.input_data_versions[entry.asset_key]:
+            changed.append(tuple(entry.asset_key.path))
+    changed.sort()
     wildcard = {layer for layer, name, subset in model.refs if name == "*" and not subset}
     return None if any(layer not in wildcard for layer, _ in changed) else changed
 
