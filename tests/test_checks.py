@@ -181,3 +181,16 @@ def test_evaluation_refuses_a_held_out_split_that_overlaps_what_the_candidate_tr
     captured = capsys.readouterr()
     assert "FAIL evaluation__mteb_results" in captured.out
     assert "are in the batches the candidate trained on" in captured.out + captured.err
+
+
+def test_the_marts_checks_run_alone_against_the_lake_and_fail_on_a_duplicate_key(env, capsys):
+    assert main(["run", "--select", "+key:marts/training_pairs or +key:marts/eval_pairs"]) == 0
+    unique = dg.AssetCheckKey(K(["marts", "training_pairs"]), "unique_pair_id")
+    overlap = dg.AssetCheckKey(K(["marts", "training_pairs"]), "no_eval_overlap")
+    passed, result = run_checks(unique, overlap)
+    assert passed == {"unique_pair_id": True, "no_eval_overlap": True}
+    assert not result.get_asset_materialization_events()  # checks alone build nothing
+    with warehouse.connect() as con:
+        con.execute("insert into marts.training_pairs select * from marts.training_pairs limit 1")
+        con.execute("insert into marts.training_pairs by name select * from marts.eval_pairs limit 1")
+    assert run_checks(unique, overlap)[0] == {"unique_pair_id": False, "no_eval_overlap": False}
