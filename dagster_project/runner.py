@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def instance_config(home: str) -> str:
             f"  config:\n    base_dir: {json.dumps(os.path.join(os.path.abspath(home), 'history', 'runs', ''))}\n")
 
 
+def _written_by_kalm(text: str) -> bool:
+    """Whether `text` is exactly a config `instance_config` wrote, for any home (a line added by hand keeps it)."""
+    head = re.escape(instance_config("/").split("    base_dir: ")[0] + "    base_dir: ")
+    return re.fullmatch(head + r'"[^"\n]*"\n', text) is not None
+
+
 def instance() -> dg.DagsterInstance:
     """The persistent instance: $DAGSTER_HOME, else data/dagster_home beside the lake."""
     home = os.environ.get("DAGSTER_HOME") or str(data_dir() / "dagster_home")
@@ -47,7 +54,7 @@ def instance() -> dg.DagsterInstance:
     current = config.read_text() if config.exists() else None
     # a config kalm wrote (earlier versions', or this one for a home since moved) is brought up to date; one a user
     # wrote is left alone
-    if current is None or (current != wanted and (current in _EARLIER_CONFIGS or current.startswith(_OURS))):
+    if current is None or (current != wanted and (current in _EARLIER_CONFIGS or _written_by_kalm(current))):
         config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()

@@ -97,6 +97,13 @@ def test_the_instance_keeps_dagster_files_and_upgrades_only_a_config_kalm_wrote(
     for _ in range(2):  # the second answer comes from memory and must be Dagster's
         assert storage.has_secondary_index(ASSET_KEY_INDEX_COLS) is \
             SqliteEventLogStorage.has_secondary_index(storage, ASSET_KEY_INDEX_COLS) is True
+    moved = runner.instance_config(str(tmp_path / "elsewhere"))  # this home's config, written before it moved
+    (home / "dagster.yaml").write_text(moved)
+    runner.instance()
+    assert (home / "dagster.yaml").read_text() == runner.instance_config(str(home))
+    (home / "dagster.yaml").write_text(moved + "retention:\n  schedule:\n    purge_after_days: 7\n")
+    runner.instance()
+    assert "purge_after_days" in (home / "dagster.yaml").read_text()  # edited by hand: left alone
     mine = "telemetry:\n  enabled: true\n"
     (home / "dagster.yaml").write_text(mine)
     runner.instance()
