@@ -126,8 +126,7 @@ def _changed_inputs(context: dg.AssetExecutionContext, con, model: sql_models.Sq
         if current != provenance.input_data_versions[entry.asset_key]:
             changed.append(tuple(entry.asset_key.path))
     changed.sort()
-    wildcard = {layer for layer, name, subset in model.refs if name == "*" and not subset}
-    return None if any(layer not in wildcard for layer, _ in changed) else changed
+    return None if any(layer not in model.wildcard_layers for layer, _ in changed) else changed
 
 
 def _dependency_order(models: list[sql_models.SqlModel], built: dict[str, list[str]]) -> list[sql_models.SqlModel]:

@@ -2,8 +2,9 @@
 (`runner.instance()`: `event_log_storage` in its dagster.yaml; Dagster's own class otherwise).
 
 Dagster's `SqliteEventLogStorage` builds a new SQLAlchemy engine for every query and asks the database, on every
-asset query, whether its secondary indexes were migrated. A one-source rebuild makes ~1,500 such queries (staleness,
-run creation, each step's events): ~1 s of engine set-up and ~0.8 s of repeated index checks on this machine. Here
+asset query, whether its secondary indexes were migrated. Profiled, one one-source rebuild built 1,505 engines (1.1 s
+under the profiler) and made 362 index checks (1.8 s); measured without the profiler, this class took opening the
+instance from ~1.0 s to ~0.4 s and resolving staleness from ~0.9 s to ~0.45 s. Here
 an engine is kept per database file (still no pooled connection: each query opens and closes its own, as before,
 so other processes see every commit at once) and an index, once migrated, is remembered (a migration is never
 undone).

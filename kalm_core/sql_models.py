@@ -44,6 +44,11 @@ class SqlModel:
         return list(dict.fromkeys(_REF.findall(self.text)))
 
     @property
+    def wildcard_layers(self) -> set[str]:
+        """The layers it reads whole through `ref('layer.*')` (a named subset does not count)."""
+        return {layer for layer, name, subset in self.refs if name == "*" and not subset}
+
+    @property
     def partition(self) -> str | None:
         """The column of an incremental model (`-- incremental: <column>`): the input table a row comes from."""
         column = (self.header.get("incremental") or "").split(" ", 1)[0]  # the rest of the line is a comment
@@ -136,7 +141,7 @@ def run_incremental(con, model: SqlModel, built: dict[str, list[str]], changed: 
     column, target = model.partition, table(model.layer, model.name)
     if column is None:
         raise ValueError(f"{model.path}: not an incremental model (no `-- incremental: <column>` header)")
-    wildcard = {layer for layer, name, subset in model.refs if name == "*" and not subset}
+    wildcard = model.wildcard_layers
     if not changed or any(layer not in wildcard for layer, _ in changed):
         raise ValueError(f"{model.path}: only tables of its ref('layer.*') can be recomputed alone, not {changed}")
     names = sorted({name for _, name in changed})
