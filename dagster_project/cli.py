@@ -102,7 +102,8 @@ def cmd_run(args) -> int:
         runner.observe_sources(defs, inst)
         keys = runner.stale_keys(defs, inst)
         if args.select:
-            keys = [k for k in keys if k in set(runner.select(defs, args.select))]
+            selected = set(runner.select(defs, args.select))
+            keys = [k for k in keys if k in selected]
         if not keys:
             print("Nothing is stale: every table is up to date.")
             return 0
