@@ -30,16 +30,17 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
     out, purity, stats = semi_homogeneous(pairs, cfg)
     snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
     with warehouse.connect() as con:
-        wh.write(con, "batched", "batches", out)
-        wh.write(con, "batched", "batch_purity", purity)
+        with wh.transaction(con):  # the batches and their purity change together
+            rows = wh.write(con, "batched", "batches", out)
+            purity_rows = wh.write(con, "batched", "batch_purity", purity)
         yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
-            con, "batched", "batches", batches=stats.batches, global_batch=cfg.global_batch,
+            con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=cfg.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=cfg.world_size, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
             rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
             snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
-            con, "batched", "batch_purity", mean_purity=stats.mean_purity, expected_purity=stats.expected_purity,
+            con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity, expected_purity=stats.expected_purity,
             purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
             **run_profile_versions(context, settings.profile, PURITY))
     context.log.info(f"{stats.batches} batches of {cfg.global_batch}, purity {stats.mean_purity:.3f} "

@@ -35,9 +35,9 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
             pool = _pool(con, cfg.candidate_pool)
         out, stats = filter_source(pairs, encoder, cfg, pool)
         with warehouse.connect() as con:
-            wh.write(con, "filtered", src.name, out)
+            rows = wh.write(con, "filtered", src.name, out)
             meta = table_metadata(
-                con, "filtered", src.name, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
+                con, "filtered", src.name, rows=rows, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
                 kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
                 corpus_size=stats.corpus_size, top_k=stats.window.top_k,
                 window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
@@ -92,8 +92,8 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
             stats[task] = {"pairs": st.pairs, "kept": st.kept, "median_pos_rank": st.median_pos_rank}
         out = pl.concat(parts)
     with warehouse.connect() as con:
-        wh.write(con, "filtered", "synthetic", out)
-        meta = table_metadata(con, "filtered", "synthetic", per_task_type=dg.MetadataValue.json(stats))
+        rows = wh.write(con, "filtered", "synthetic", out)
+        meta = table_metadata(con, "filtered", "synthetic", rows=rows, per_task_type=dg.MetadataValue.json(stats))
     return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile))
 
 

@@ -34,11 +34,12 @@ def _check_specs(model: sql_models.SqlModel) -> list[dg.AssetCheckSpec]:
     return specs
 
 
-def _check(con, model: sql_models.SqlModel, name: str) -> dg.AssetCheckResult:
+def _check(con, model: sql_models.SqlModel, name: str, rows: int | None = None) -> dg.AssetCheckResult:
+    """One key check; `rows`: the table's row count when the step just built it."""
     where = table(model.layer, model.name)
     asset_key = dg.AssetKey([model.layer, model.name])
     if name == "not_empty":
-        n = con.execute(f"select count(*) from {where}").fetchall()[0][0]
+        n = con.execute(f"select count(*) from {where}").fetchall()[0][0] if rows is None else rows
         return dg.AssetCheckResult(asset_key=asset_key, check_name=name, passed=n > 0,
                                    metadata={"row_count": n, "expected_min": 1})
     key_col = name.removeprefix("unique_")
@@ -70,16 +71,17 @@ def build_models_asset(models: list[sql_models.SqlModel], built: dict[str, list[
         with warehouse.connect(read_only=not assets) as con:  # checks alone only read
             for model in order:
                 key = dg.AssetKey([model.layer, model.name])
+                rows = None
                 if key in assets:
                     try:
-                        how = _materialize(context, con, model, key, built)
+                        how, rows = _materialize(context, con, model, key, built)
                     except Exception as e:
                         raise RuntimeError(f"SQL model {model.path.name} ({model.layer}.{model.name}): {e}") from e
                     yield dg.MaterializeResult(asset_key=key, metadata=table_metadata(
-                        con, model.layer, model.name, sql=dg.MetadataValue.md(f"```sql\n{model.text}\n```"),
+                        con, model.layer, model.name, rows=rows, sql=dg.MetadataValue.md(f"```sql\n{model.text}\n```"),
                         materialized=how))
                 for check in sorted((c for c in wanted if c.asset_key == key and c != overlap), key=lambda c: c.name):
-                    yield _check(con, model, check.name)
+                    yield _check(con, model, check.name, rows)
             if overlap in wanted:  # it reads two models: after both are built
                 yield no_eval_overlap(con)
 
@@ -87,16 +89,15 @@ def build_models_asset(models: list[sql_models.SqlModel], built: dict[str, list[
 
 
 def _materialize(context: dg.AssetExecutionContext, con, model: sql_models.SqlModel, key: dg.AssetKey,
-                 built: dict[str, list[str]]) -> str:
+                 built: dict[str, list[str]]) -> tuple[str, int | None]:
     """Build the model whole, or, for an incremental one whose last build's inputs differ only in some tables of its
-    `ref('layer.*')`, recompute those tables' rows. Returns how, for the metadata."""
+    `ref('layer.*')`, recompute those tables' rows. Returns how (for the metadata) and the row count (None: not
+    counted)."""
     changed = _changed_inputs(context, con, model, key)
     if changed is not None:
-        if changed:
-            sql_models.run_incremental(con, model, built, changed)
-        return "incremental: " + (", ".join(".".join(t) for t in changed) or "no input changed")
-    sql_models.run_model(con, model, built)
-    return "whole"
+        how = "incremental: " + (", ".join(".".join(t) for t in changed) or "no input changed")
+        return how, sql_models.run_incremental(con, model, built, changed) if changed else None
+    return "whole", sql_models.run_model(con, model, built)
 
 
 def _changed_inputs(context: dg.AssetExecutionContext, con, model: sql_models.SqlModel,

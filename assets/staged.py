@@ -24,7 +24,7 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             stats = staging.stage_source(con, src, model.text)
             meta = table_metadata(
-                con, "staged", src.name, rows_in=stats.rows_in, rows_kept=stats.kept,
+                con, "staged", src.name, rows=stats.kept, rows_in=stats.rows_in, rows_kept=stats.kept,
                 rows_rejected=stats.rejected, rows_duplicate=stats.duplicates,
                 reject_reasons=dg.MetadataValue.json(stats.reasons), sql=dg.MetadataValue.path(str(model.path)),
             )

@@ -123,8 +123,10 @@ def cmd_run(args) -> int:
     with _stop_on_ctrl_c():
         result = runner.materialize(defs, inst, keys, observe=not args.stale,  # --stale observed already
                                     tags={FULL_REFRESH_TAG: "true"} if args.full_refresh else None)
-    done = sorted({e.asset_key for e in result.get_asset_materialization_events()}, key=lambda k: k.path) \
-        if result else []
+    # each table's row count as its step recorded it (a query per table costs ~15 ms of lake catalogue work)
+    counted = {e.asset_key: e.materialization.metadata.get("dagster/row_count")
+               for e in result.get_asset_materialization_events()} if result else {}
+    done = sorted(counted, key=lambda k: k.path)
     failed = [e.step_key for e in result.get_step_failure_events()] if result else []
     if INTERRUPTED.is_set():  # set by the handler or by the progress logger's view of an interrupted step
         print(f"\nkalm run: interrupted (Ctrl-C) during step {failed[0] if failed else '(between steps)'}; stopped with "
@@ -134,7 +136,8 @@ def cmd_run(args) -> int:
     with wh.connect(read_only=True) as con:
         for key in done:
             layer, name = key.path
-            print(f"  {layer + '.' + name:<40s} {wh.count(con, layer, name):>9,d} rows")
+            rows = counted[key].value if counted[key] is not None else wh.count(con, layer, name)
+            print(f"  {layer + '.' + name:<40s} {rows:>9,d} rows")
         snap = wh.snapshot_id(con)
     print(f"Lake: {lake.describe()} at snapshot {snap}  (query it with `kalm sql`)")
     if failed:

@@ -129,8 +129,9 @@ def discover(sql_dir: Path = SQL_DIR, include_templates: bool = False) -> list[S
 
 def run_model(con, model: SqlModel, built: dict[str, list[str]]) -> int:
     """Materialise the model as table layer.name; returns its row count."""
-    con.execute(f"create or replace table {table(model.layer, model.name)} as {model.render(built)}")
-    return con.execute(f"select count(*) from {table(model.layer, model.name)}").fetchall()[0][0]
+    (rows,) = con.execute(f"create or replace table {table(model.layer, model.name)} as {model.render(built)}"
+                          ).fetchone()  # CREATE TABLE AS returns the rows it wrote
+    return rows
 
 
 def run_incremental(con, model: SqlModel, built: dict[str, list[str]], changed: list[tuple[str, str]]) -> int:

@@ -236,17 +236,25 @@ def write(con, layer: str, name: str, frame: pl.DataFrame) -> int:
     return frame.height
 
 
-def replace_rows(con, target: str, where: str, rows: str, params: dict | None = None) -> None:
-    """Delete the rows of table `target` that match `where` and insert `rows` (a table or view) by column name, in
-    one commit."""
+@contextmanager
+def transaction(con):
+    """One commit for everything written inside (rolled back on an error): tables produced together change
+    together, and the lake's catalogue is reloaded once after the commit instead of once per table."""
     con.execute("begin transaction")
     try:
-        con.execute(f"delete from {target} where {where}", params)
-        con.execute(f"insert into {target} by name select * from {rows}")
-        con.execute("commit")
+        yield con
     except BaseException:
         con.execute("rollback")
         raise
+    con.execute("commit")
+
+
+def replace_rows(con, target: str, where: str, rows: str, params: dict | None = None) -> None:
+    """Delete the rows of table `target` that match `where` and insert `rows` (a table or view) by column name, in
+    one commit."""
+    with transaction(con):
+        con.execute(f"delete from {target} where {where}", params)
+        con.execute(f"insert into {target} by name select * from {rows}")
 
 
 def exists(con, layer: str, name: str) -> bool:

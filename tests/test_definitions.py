@@ -110,6 +110,42 @@ def test_the_instance_keeps_dagster_files_and_upgrades_only_a_config_kalm_wrote(
     assert (home / "dagster.yaml").read_text() == mine  # a user's own config is theirs
 
 
+def test_a_new_run_database_is_dagsters_own_and_an_older_one_is_left_to_dagster(tmp_path, monkeypatch):
+    """The event log creates and stamps a run's database itself (the migration scripts parsed once): same tables,
+    indexes, alembic revision and WAL journal as Dagster's class; a database at another revision goes to Dagster."""
+    import sqlite3
+
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from dagster_project import event_log
+    from dagster_project.event_log import KalmSqliteEventLogStorage
+
+    def shape(storage, run_id):
+        with storage.run_connection(run_id):
+            pass
+        con = sqlite3.connect(Path(storage._base_dir) / f"{run_id}.db")
+        try:
+            return (sorted(con.execute("select type, name, sql from sqlite_master").fetchall(), key=str),
+                    con.execute("select version_num from alembic_version").fetchall(),
+                    con.execute("pragma journal_mode").fetchall())
+        finally:
+            con.close()
+
+    ours = shape(KalmSqliteEventLogStorage(str(tmp_path / "ours")), "run1")
+    assert ours == shape(SqliteEventLogStorage(str(tmp_path / "dagster")), "run1")
+    assert ours[1] and ours[2] == [("wal",)]
+    to_base = []
+    monkeypatch.setattr(SqliteEventLogStorage, "_initdb", lambda self, engine, for_index_shard=False:
+                        to_base.append(engine.url.database))
+    con = sqlite3.connect(tmp_path / "ours" / "run1.db")
+    con.execute("update alembic_version set version_num = 'older'")
+    con.commit()
+    con.close()
+    KalmSqliteEventLogStorage(str(tmp_path / "ours"))._initdb(
+        event_log.create_engine(f"sqlite:///{tmp_path / 'ours' / 'run1.db'}"))
+    assert to_base == [str(tmp_path / "ours" / "run1.db")]
+
+
 def test_a_missing_file_fails_its_source_only(env, capsys):
     cat = yaml.safe_load(env["catalog"].read_text())
     cat["sources"].append({"name": "ghost", "uri": "sources/missing.jsonl"})

@@ -197,3 +197,21 @@ def test_small_tables_are_files_not_catalogue_tables(tmp_path):
     catalog = sqlite3.connect(tmp_path / "lake" / "catalog.sqlite")
     inlined = catalog.execute("select count(*) from ducklake_inlined_data_tables").fetchall()[0][0]
     assert inlined == 0 and list((tmp_path / "lake" / "data").rglob("*.parquet"))
+
+
+def test_tables_written_in_one_transaction_change_together(tmp_path):
+    """warehouse.transaction: both tables in one snapshot, or neither when the block fails."""
+    with warehouse.connect(tmp_path / "lake") as con:
+        with warehouse.transaction(con):
+            assert warehouse.write(con, "batched", "a", pl.DataFrame({"x": [1, 2]})) == 2
+            warehouse.write(con, "batched", "b", pl.DataFrame({"y": [3]}))
+        first = warehouse.snapshot_id(con)
+        with pytest.raises(ZeroDivisionError), warehouse.transaction(con):
+            warehouse.write(con, "batched", "a", pl.DataFrame({"x": [9]}))
+            warehouse.write(con, "batched", "b", pl.DataFrame({"y": [9]}))
+            1 / 0
+        assert warehouse.snapshot_id(con) == first
+        assert con.execute("select * from batched.a order by x").fetchall() == [(1,), (2,)]
+        assert con.execute("select * from batched.b").fetchall() == [(3,)]
+    with warehouse.connect(tmp_path / "lake", at=first - 1) as before:  # one commit: no snapshot holds one alone
+        assert not warehouse.exists(before, "batched", "a") and not warehouse.exists(before, "batched", "b")
