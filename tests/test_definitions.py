@@ -1,6 +1,7 @@
 """The Definitions load with the expected keys; the DAG runs end to end; one changed source rebuilds only its chain."""
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -67,6 +68,13 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
                             "union all by name select * from filtered.beta union all by name "
                             "select * from filtered.synthetic) group by source order by source").fetchall()
     assert got == {"what is a tensor", "what is a graph"}
+    with warehouse.connect(read_only=True) as con:  # the row counts the steps recorded (and kalm run printed)
+        for layer, name in (("raw", "beta"), ("staged", "beta"), ("filtered", "beta"), ("marts", "training_pairs"),
+                            ("marts", "filter_report"), ("batched", "batches"), ("batched", "batch_purity")):
+            meta = inst.get_latest_materialization_event(K([layer, name])).asset_materialization.metadata
+            rows = warehouse.count(con, layer, name)
+            assert meta["dagster/row_count"].value == rows
+            assert re.search(rf"{layer}\.{name} +{rows:,d} rows", out)
     # the per-source reports recomputed beta's row alone, and agree with a count over every filtered table
     how = inst.get_latest_materialization_event(K(["marts", "filter_report"])).asset_materialization.metadata
     assert how["materialized"].text == "incremental: filtered.beta"
