@@ -40,8 +40,8 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
             snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
-            con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity, expected_purity=stats.expected_purity,
-            purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
+            con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,
+            expected_purity=stats.expected_purity, purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
             **run_profile_versions(context, settings.profile, PURITY))
     context.log.info(f"{stats.batches} batches of {cfg.global_batch}, purity {stats.mean_purity:.3f} "
                      f"(expected {stats.expected_purity:.3f}), snapshot {snapshot}")

@@ -46,7 +46,8 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
                 stats = extract.load_frame_source(con, src, python_docs.harvest(src.packages))
             else:
                 stats = extract.load_file_source(con, src, catalog.base_dir)
-            meta = table_metadata(con, "raw", src.name, rows=stats.rows, records=stats.records, malformed_records=stats.malformed,
+            meta = table_metadata(con, "raw", src.name, rows=stats.rows, records=stats.records,
+                                  malformed_records=stats.malformed,
                                   uri=src.resolved_uri(catalog.base_dir) if src.uri else "python-docs",
                                   records_in_file=-1 if stats.file_records is None else stats.file_records,
                                   max_rows=src.max_rows or 0)
