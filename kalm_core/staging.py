@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kalm_core.catalog import Source
 from kalm_core.identifiers import table
+from kalm_core.warehouse import transaction
 
 STAGING_SQL = Path(str(files("kalm_core") / "sql" / "staged" / "stg_source.sql"))  # package data (sql/)
 MAX_QUERY_CHARS = 2_000
@@ -48,8 +49,7 @@ def stage_source(con, src: Source, sql_text: str | None = None,
     }
     con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
     con.execute(f"create or replace temp table _kalm_staged as {sql_text}", params)
-    con.execute("begin transaction")
-    try:
+    with transaction(con):  # the kept rows and the source's quarantine rows change together
         con.execute(
             f"create or replace table {table('staged', src.name)} as select {KEPT_COLUMNS} from _kalm_staged "
             "where status = 'kept'"
@@ -63,10 +63,6 @@ def stage_source(con, src: Source, sql_text: str | None = None,
                    content_hash, current_localtimestamp()
             from _kalm_staged where status <> 'kept'"""
         )
-        con.execute("commit")
-    except Exception:
-        con.execute("rollback")
-        raise
     counts = dict(con.execute("select status, count(*) from _kalm_staged group by status").fetchall())
     reasons = dict(con.execute(
         "select reason, count(*) from _kalm_staged where status = 'rejected' group by reason order by 2 desc"

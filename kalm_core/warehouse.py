@@ -259,8 +259,8 @@ def replace_rows(con, target: str, where: str, rows: str, params: dict | None = 
 
 def exists(con, layer: str, name: str) -> bool:
     """Whether table layer.name is in the lake as last committed: a query on it is bound in a cursor of its own
-    (another connection of the same instance), so a miss never aborts the caller's transaction. information_schema reads every table's
-    metadata from the catalogue first, ~0.5 s on a lake of 50 tables."""
+    (another connection of the same instance), so a miss never aborts the caller's transaction. information_schema
+    reads every table's metadata from the catalogue first, ~0.5 s on a lake of 50 tables."""
     probe = con.cursor()
     try:
         probe.execute(f"select 1 from {CATALOG}.{table(layer, name)} limit 0")
