@@ -6,7 +6,8 @@
 A Qwen2-0.5B-shaped model (random init; 358M non-embedding parameters), per-device batch 48, group 8 (1 positive +
 7 hard negatives), bf16 autocast over fp32 weights, InfoNCE at tau 0.01, Matryoshka 896/512/256/128/64.
 - ours: kalm_core.trainer.train with the kalm-mini profile's training settings (GradCache over token-budget chunks,
-  compiled layers, no gradient checkpointing); `--levers` also times each lever alone, one added at a time;
+  the chunks that fit in memory keeping their graph, compiled layers, no gradient checkpointing); `--levers` also
+  times each lever alone, one added at a time;
 - the peer: sentence-transformers' MatryoshkaLoss(CachedMultipleNegativesRankingLoss(scale 100, mini-batch 48)),
   forward under bf16 autocast as accelerate does in its Trainer, no gradient checkpointing (as measured in
   ../shared/gpu/st_peer_gpu.py).
@@ -99,8 +100,10 @@ def ours(profile, snap: Path, out: Path, warmup: int) -> dict:
     _fresh_memory_stats()
     train(profile, snap, out, log=records.append, save=False)
     steps = [r for r in records if r["event"] == "step"]
+    kept = [r["keep_graph_tokens"] for r in records if r["event"] == "graph_budget"]
     return {"tokens_per_s": steady_rate([r["t"] for r in steps], [r["tokens"] for r in steps], warmup),
-            "first_loss": steps[0]["loss"], "peak_gib": _peak_gib()}
+            "first_loss": steps[0]["loss"], "peak_gib": _peak_gib(),
+            "keep_graph_tokens": kept[-1] if kept else profile.train.keep_graph_tokens}
 
 
 def _fresh_memory_stats() -> None:
@@ -159,15 +162,16 @@ def peer(model_dir: Path, snap: Path, batch: int, group: int, seq: int, dims: li
     return {"tokens_per_s": steady_rate(stamps, tokens, warmup), "first_loss": first, "peak_gib": _peak_gib()}
 
 
-# the levers, one added at a time (each row keeps the ones above it; the kalm-mini profile adds torch.compile), then
-# one variant of the profile
+# the levers, one added at a time (each row keeps the ones above it; the kalm-mini profile adds the kept graphs),
+# then one variant of the profile
 LEVERS = {
-    "GradCache 48 texts + checkpointing (before)": dict(grad_cache_chunk=48, chunk_tokens=None,
+    "GradCache 48 texts + checkpointing (before)": dict(grad_cache_chunk=48, chunk_tokens=None, keep_graph_tokens=0,
                                                         gradient_checkpointing=True, compile=False),
-    "- gradient checkpointing": dict(grad_cache_chunk=48, chunk_tokens=None, gradient_checkpointing=False,
-                                     compile=False),
-    "+ token-budget chunks": dict(gradient_checkpointing=False, compile=False),
-    "kalm-mini, but chunks of 49,152 tokens (an 80+ GB card only)": dict(chunk_tokens=49152),
+    "- gradient checkpointing": dict(grad_cache_chunk=48, chunk_tokens=None, keep_graph_tokens=0,
+                                     gradient_checkpointing=False, compile=False),
+    "+ token-budget chunks": dict(keep_graph_tokens=0, gradient_checkpointing=False, compile=False),
+    "+ torch.compile of the layers": dict(keep_graph_tokens=0),
+    "kalm-mini, but chunks of 49,152 tokens": dict(chunk_tokens=49152),
 }
 
 
@@ -209,8 +213,9 @@ def main() -> None:
                        if "embed_tokens" not in n)
         train_cfg = replace(mini.train, dims=tuple(dims), max_steps=args.steps, checkpoint_every=0, warmup_ratio=0.0,
                             bf16=torch.cuda.is_available())
-        if args.tiny:  # the profile's chunk budget scaled to the tiny texts
-            train_cfg = replace(train_cfg, grad_cache_chunk=4, chunk_tokens=4 * args.seq)
+        if args.tiny:  # the profile's budgets scaled to the tiny texts ("auto" keeps no graph off CUDA)
+            train_cfg = replace(train_cfg, grad_cache_chunk=4, chunk_tokens=4 * args.seq,
+                                keep_graph_tokens=8 * args.seq)
         profile = replace(mini, model=replace(mini.model, base_model=str(model_dir), query_max_len=args.seq,
                                               passage_max_len=args.seq),
                           batch=replace(mini.batch, per_device_batch=args.batch), train=train_cfg)
@@ -218,7 +223,8 @@ def main() -> None:
                         "params_non_embedding": n_params, "steps": args.steps, "warmup_steps": args.warmup,
                         "per_device_batch": args.batch, "group": train_cfg.group_size, "seq": args.seq,
                         "ours": {k: getattr(train_cfg, k) for k in ("grad_cache_chunk", "chunk_tokens",
-                                                                      "gradient_checkpointing", "compile")}}
+                                                                      "keep_graph_tokens", "gradient_checkpointing",
+                                                                      "compile")}}
         snaps = {shape: snapshot(Path(tmp) / f"{shape}.parquet", args.steps, args.batch, train_cfg.group_size,
                                  args.seq, mixed=shape == "mixed") for shape in shapes}
         results: dict[str, tuple[float, float]] = {}

@@ -105,6 +105,9 @@ class TrainConfig:
     grad_cache_chunk: int | None = None  # GradCache mini-batch size; None = plain backward
     length_chunk: int = 8  # texts per length-sorted forward chunk (each padded only to its own longest text)
     chunk_tokens: int | None = None  # and at most this many padded tokens per chunk (None: texts only)
+    # GradCache chunks within this many padded tokens keep their graph instead of running a second forward (6 N
+    # FLOPs per token, not 8 N); "auto": as many as fit on the GPU, measured on the first step (graph_budget.py)
+    keep_graph_tokens: int | str = 0
     compile: bool = False  # torch.compile each transformer layer (regional compilation: one graph, reused per layer)
     lora_rank: int | None = None
     nproc: int = 1
@@ -158,9 +161,11 @@ PROFILES: dict[str, Profile] = {
         batch=BatchConfig(per_device_batch=48),
         train=TrainConfig(temperature=0.01, group_size=8, dims=(896, 512, 256, 128, 64),
                           dim_weights=(1.0, 0.3, 0.2, 0.1, 0.1), lr=1e-5, warmup_ratio=0.1, bf16=True,
-                          # GradCache over chunks of <= 24,576 padded tokens (~45 GiB of activations without
-                          # checkpointing: fits an 80 GB card), compiled layers; benchmarks/bench_gpu_train.py
-                          grad_cache_chunk=512, chunk_tokens=24576, gradient_checkpointing=False, compile=True),
+                          # GradCache over chunks of <= 24,576 padded tokens (~24 GiB of activations without
+                          # checkpointing), the chunks that fit in memory keeping their graph, compiled layers;
+                          # benchmarks/bench_gpu_train.py
+                          grad_cache_chunk=512, chunk_tokens=24576, keep_graph_tokens="auto",
+                          gradient_checkpointing=False, compile=True),
     ),
 }
 

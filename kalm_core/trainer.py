@@ -34,6 +34,7 @@ from kalm_core import checkpoint
 from kalm_core.batch_data import BatchFileError, load_batches
 from kalm_core.config import ModelConfig, Profile, TrainConfig, bf16_supported, profile_from_dict
 from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
+from kalm_core.graph_budget import GraphBudget
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
 from kalm_core.model import Embedder, ModelLoadError
 from kalm_core.prompts import eval_task_prompts
@@ -167,17 +168,29 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     pad_id = embedder.tokenizer.pad_token_id
     chunk = tcfg.grad_cache_chunk or tcfg.length_chunk
+    budget = GraphBudget(tcfg.keep_graph_tokens, device, distributed=world > 1)
     t0, pairs_done, tokens_done = time.perf_counter(), 0, 0
     embedder.train()
     for step in range(start, total):
         q_ids, p_ids = steps[step]
         q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, tcfg.chunk_tokens)
         p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device, tcfg.chunk_tokens)
+        sizes = [ids.numel() for ids, _ in (*q_chunks, *p_chunks)]
         with autocast:
             if tcfg.grad_cache_chunk:
-                loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
-                                           loss_fn.compute_loss_from_embeddings, device,
-                                           getattr(encoder, "no_sync", None))
+                budget.step_started()
+                loss = None
+                while loss is None:
+                    try:
+                        loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
+                                                   loss_fn.compute_loss_from_embeddings, device,
+                                                   getattr(encoder, "no_sync", None), budget.tokens)
+                    except torch.OutOfMemoryError as e:
+                        event = budget.shrink(e, min(sizes))  # re-raises when there is nothing to give back
+                        optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+                        if rank == 0:
+                            log({**event, "step": step + 1})
+                budget.backward_done()
             else:
                 q, p = encoder(q_chunks + p_chunks, _merge_orders(q_order, p_order)).split([len(q_ids), len(p_ids)])
                 loss = loss_fn.compute_loss_from_embeddings(q, p)
@@ -192,6 +205,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if (measured := budget.step_done(max(sizes))) and rank == 0:
+            log({**measured, "step": step + 1})
 
         value = loss.item() / (world if world > 1 else 1)  # the loss is scaled by the world size for DDP
         losses.append(value)

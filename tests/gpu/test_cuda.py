@@ -72,3 +72,25 @@ def test_cuda_inference_runs_in_bf16_with_token_budget_batches_and_matches_fp32(
     ref = Embedder.from_pretrained(mcfg, dtype=torch.float32).encode(texts, batch_size=16)
     cos = (torch.from_numpy(got) * torch.from_numpy(ref)).sum(-1)  # both L2-normalised
     assert got.shape == ref.shape and cos.min() > 0.99, cos.min()
+
+
+def test_cuda_auto_budget_keeps_graphs_after_measuring_step_one_and_the_losses_do_not_change(tmp_path):
+    from kalm_core.config import ModelConfig, Profile, TrainConfig
+    from kalm_core.trainer import train
+    from tests.models import tiny_qwen2
+
+    mcfg = ModelConfig(base_model=str(tiny_qwen2(tmp_path / "q")), query_max_len=32, passage_max_len=32)
+    snap = _snapshot(tmp_path / "b.parquet", n_batches=3)
+    runs = {}
+    for keep in (0, "auto"):
+        tcfg = TrainConfig(group_size=4, dims=(64, 16), dim_weights=(1.0, 0.3), lr=1e-4, warmup_ratio=0.0, bf16=False,
+                           checkpoint_every=0, grad_cache_chunk=64, chunk_tokens=64, keep_graph_tokens=keep)
+        records = []
+        train(Profile(name="t", model=mcfg, train=tcfg), snap, tmp_path / f"out{keep}", log=records.append, save=False)
+        runs[keep] = records
+    measured = [r for r in runs["auto"] if r["event"] == "graph_budget"]
+    assert len(measured) == 1 and measured[0]["step"] == 1, measured
+    # a tiny model on a large card: every chunk fits
+    assert measured[0]["keep_graph_tokens"] > 10_000 and measured[0]["activation_bytes_per_token"] > 0
+    losses = {k: [r["loss"] for r in v if r["event"] == "step"] for k, v in runs.items()}
+    assert len(losses[0]) == 3 and max(abs(a - b) for a, b in zip(losses[0], losses["auto"])) <= 1e-4 * max(losses[0])

@@ -79,3 +79,48 @@ def test_the_trainer_runs_under_torchrun_with_two_processes(tmp_path, tiny_bert_
     assert [s["step"] for s in steps] == [1, 2]  # rank 0 logs; one global batch per step
     assert steps[0]["pairs_per_s"] > 0 and all(s["loss"] > 0 for s in steps)
     assert (tmp_path / "out" / "model" / "modules.json").exists()
+
+
+def _kept_graph_worker(rank: int, port: int, model_dir: str, out: dict):
+    from kalm_core.config import ModelConfig
+    from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
+    from kalm_core.model import Embedder
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    emb = Embedder.from_pretrained(ModelConfig(query_max_len=16, passage_max_len=32), model_dir)
+    emb.tokenizer.padding_side = "right"
+    emb.eval()
+    for name, param in emb.model.named_parameters():
+        if name.startswith("pooler."):
+            param.requires_grad_(False)
+    enc = torch.nn.parallel.DistributedDataParallel(ChunkedEncoder(emb))
+    q_ids = emb.tokenizer([f"query {rank}.{i} on sorting" + " more" * i for i in range(3)])["input_ids"]
+    p_ids = emb.tokenizer([f"passage {rank}.{i} " + "words " * (i + 2) for i in range(6)])["input_ids"]
+    pad, dev = emb.tokenizer.pad_token_id, torch.device("cpu")
+    qc, qo, _ = prepare(q_ids, pad, 100, dev, max_tokens=40)
+    pc, po, _ = prepare(p_ids, pad, 100, dev, max_tokens=40)
+    loss_fn = MatryoshkaLoss(InfoNCELoss(0.05), dims=(32, 16), weights=(1.0, 0.3)).compute_loss_from_embeddings
+    grads = {}
+    for keep in (0, 10**6):
+        enc.zero_grad(set_to_none=True)
+        grad_cache_backward(enc, qc, qo, pc, po, loss_fn, dev, enc.no_sync, keep_tokens=keep)
+        grads[keep] = {n: p.grad.clone() for n, p in emb.named_parameters() if p.grad is not None}
+    out[rank] = (len(qc) + len(pc), grads)
+    dist.destroy_process_group()
+
+
+def test_kept_graphs_under_ddp_give_plain_grad_cache_gradients_on_every_rank(tiny_bert_dir):
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_kept_graph_worker, args=(_free_port(), str(tiny_bert_dir), out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in (0, 1):
+        n_chunks, grads = results[rank]
+        assert n_chunks > 2 and grads[0].keys() == grads[10**6].keys() and len(grads[0]) > 10
+        assert max((grads[0][k] - grads[10**6][k]).abs().max().item() for k in grads[0]) <= 1e-5
+    # the last backward synced: both ranks hold the same (averaged) gradients
+    assert max((results[0][1][0][k] - results[1][1][0][k]).abs().max().item() for k in results[0][1][0]) <= 1e-6
+    assert max((results[0][1][10**6][k] - results[1][1][10**6][k]).abs().max().item()
+               for k in results[0][1][0]) <= 1e-6

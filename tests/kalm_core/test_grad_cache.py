@@ -1,9 +1,11 @@
-"""GradCache gives the full-batch gradients; length chunking gives the full-batch embeddings."""
+"""GradCache gives the full-batch gradients, with or without kept graphs; length chunking gives the full-batch
+embeddings."""
 
+import pytest
 import torch
 
 from kalm_core.config import ModelConfig
-from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, length_chunks, prepare
+from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, kept_chunks, length_chunks, prepare
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
 from kalm_core.model import Embedder
 
@@ -23,7 +25,8 @@ def _grads(emb):
     return {n: p.grad.clone() for n, p in emb.named_parameters() if p.grad is not None}
 
 
-def test_grad_cache_equals_the_full_batch_gradient(tiny_bert_dir):
+@pytest.mark.parametrize("keep_tokens", [0, 60, 10**6])  # plain GradCache, some chunks kept, every chunk kept
+def test_grad_cache_equals_the_full_batch_gradient(tiny_bert_dir, keep_tokens):
     emb, q_ids, p_ids, loss_fn = _setup(tiny_bert_dir)
     emb.train()  # dropout on: GradCache must replay the same masks
     enc = ChunkedEncoder(emb)
@@ -40,7 +43,11 @@ def test_grad_cache_equals_the_full_batch_gradient(tiny_bert_dir):
     emb.zero_grad(set_to_none=True)
 
     torch.manual_seed(7)
-    cached = grad_cache_backward(enc, qc, qo, pc, po, loss_fn.compute_loss_from_embeddings, dev)
+    sizes = [ids.numel() for ids, _ in qc + pc]
+    kept = kept_chunks(sizes, keep_tokens)
+    expected = {0: range(0, 1), 60: range(1, len(sizes)), 10**6: range(len(sizes), len(sizes) + 1)}[keep_tokens]
+    assert len(kept) in expected and sum(sizes[k] for k in kept) <= keep_tokens
+    cached = grad_cache_backward(enc, qc, qo, pc, po, loss_fn.compute_loss_from_embeddings, dev, keep_tokens=keep_tokens)
     got = _grads(emb)
     assert abs(float(cached) - float(full.detach())) < 1e-6
     assert reference.keys() == got.keys() and len(got) > 10
@@ -90,3 +97,12 @@ def test_grad_cache_over_token_budget_chunks_equals_the_full_batch_gradient(tiny
     grad_cache_backward(enc, qc, qo, pc, po, loss_fn.compute_loss_from_embeddings, dev)
     got = _grads(emb)
     assert max((reference[k] - got[k]).abs().max().item() for k in got) <= 1e-5
+
+
+def test_kept_chunks_are_the_first_within_the_budget_and_never_the_last_under_ddp():
+    sizes = [30, 30, 40, 20]
+    assert kept_chunks(sizes, 0) == set()
+    assert kept_chunks(sizes, 70) == {0, 1}  # the third would pass the budget; no gaps after it
+    assert kept_chunks(sizes, 120) == {0, 1, 2, 3}
+    assert kept_chunks(sizes, 120, distributed=True) == {0, 1, 2}  # the last chunk's backward is DDP's sync
+    assert kept_chunks([50], 100, distributed=True) == set()
