@@ -46,10 +46,11 @@ class CachedEncoder:
         return self.model
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
-        max_len = self.embedder.config.query_max_len if is_query else self.embedder.config.passage_max_len
-        self.truncated += self.embedder.count_truncated(texts, max_len)
-        return self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size,
-                                    show_progress=self.show_progress, max_tokens=token_budget(self.embedder.device))
+        out, truncated = self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size,
+                                              show_progress=self.show_progress,
+                                              max_tokens=token_budget(self.embedder.device), return_truncated=True)
+        self.truncated += truncated
+        return out
 
     def queries(self, texts: list[str]) -> np.ndarray:
         out, n = self.cache.encode(texts, "query", lambda t: self._encode(t, True))

@@ -111,8 +111,13 @@ class Embedder(torch.nn.Module):
         layer.weight.copy_(vt.float())  # y = V^T x
         self.projection = layer.to(self.device)
 
-    def count_truncated(self, texts: list[str], max_len: int) -> int:
-        """How many texts are longer than max_len tokens (and so get truncated)."""
+    def count_truncated(self, texts: list[str], max_len: int, lengths: list[int] | None = None) -> int:
+        """How many texts are longer than max_len tokens (and so get truncated). With `lengths` (their token counts
+        after truncation) only the texts that reached max_len are tokenized again."""
+        if lengths is not None:
+            texts = [t for t, n in zip(texts, lengths) if n >= max_len]
+            if not texts:
+                return 0
         quiet = logging.getLogger("transformers.tokenization_utils_base")  # its "longer than maximum" warning
         level = quiet.level
         quiet.setLevel(logging.ERROR)
@@ -135,14 +140,18 @@ class Embedder(torch.nn.Module):
 
     @torch.inference_mode()
     def encode(self, texts: list[str], *, is_query: bool = False, instruction: str | None = None,
-               batch_size: int = 64, show_progress: bool = False, max_tokens: int | None = None) -> np.ndarray:
+               batch_size: int = 64, show_progress: bool = False, max_tokens: int | None = None,
+               return_truncated: bool = False) -> np.ndarray | tuple[np.ndarray, int]:
         """(N,) texts -> (N, H) float32. Queries get the instruction template; batches are length-sorted so
         padding is minimal, and rows come back in input order. With `max_tokens`, a batch holds at most that many
-        padded tokens (the GPU's token budget) instead of `batch_size` texts."""
+        padded tokens (the GPU's token budget) instead of `batch_size` texts. `return_truncated`: also how many
+        texts were cut at the max length (only those that reached it are tokenized again)."""
         if is_query:
             texts = [format_query(t, instruction, self.config.query_template) for t in texts]
         max_len = self.config.query_max_len if is_query else self.config.passage_max_len
         enc = self.tokenizer(texts, truncation=True, max_length=max_len)  # pre-tokenise once, pad per batch
+        truncated = (self.count_truncated(texts, max_len, [len(ids) for ids in enc["input_ids"]])
+                     if return_truncated else None)
         order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
         # a text with no tokens (empty, with a tokenizer that adds no special tokens, as Qwen2's) has no embedding:
         # its row stays zero, which scores 0 against everything
@@ -151,15 +160,17 @@ class Embedder(torch.nn.Module):
         was_training = self.training
         self.eval()
         lengths = [len(enc["input_ids"][i]) for i in order]
+        left = self.tokenizer.padding_side == "left"
+        pending: list[tuple[np.ndarray, torch.Tensor]] = []  # results left on the device: no sync per batch
         for idx in tqdm(_batches(order, lengths, batch_size, max_tokens), disable=not show_progress, desc="encode",
                         unit="batch"):
-            feats = self.tokenizer.pad({"input_ids": [enc["input_ids"][i] for i in idx],
-                                        "attention_mask": [enc["attention_mask"][i] for i in idx]},
-                                       return_tensors="pt")
-            emb = self(feats["input_ids"].to(self.device), feats["attention_mask"].to(self.device))
-            out[idx] = emb.float().cpu().numpy()
+            ids, mask = _pad([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id, left)
+            pending.append((idx, self(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))))
+            if sum(len(i) for i, _ in pending) >= COLLECT_ROWS:
+                _collect(out, pending)
+        _collect(out, pending)
         self.train(was_training)
-        return out
+        return (out, truncated) if return_truncated else out
 
     def save(self, path: str | Path, query_instruction: str | None = None,
              task_prompts: dict[str, str] | None = None) -> Path:
@@ -188,6 +199,29 @@ class Embedder(torch.nn.Module):
 
 
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}  # ours -> sentence-transformers'
+
+
+COLLECT_ROWS = 65536  # embeddings held on the device before one copy to the host (~117 MB at 896 dims in bf16)
+
+
+def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (input_ids, attention_mask), padded on the tokenizer's side. Through numpy: ~6x faster than
+    the tokenizer's `pad`, which a GPU would otherwise wait for between batches."""
+    width = max(len(r) for r in rows)
+    if left:
+        ids = [[pad_id] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    else:
+        ids = [r + [pad_id] * (width - len(r)) for r in rows]
+        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+    return torch.from_numpy(np.array(ids, dtype=np.int64)), torch.from_numpy(np.array(mask, dtype=np.int64))
+
+
+def _collect(out: np.ndarray, pending: list[tuple[np.ndarray, torch.Tensor]]) -> None:
+    """Copy the device's finished embeddings into their rows of `out`, in one transfer."""
+    if pending:
+        out[np.concatenate([i for i, _ in pending])] = torch.cat([e for _, e in pending]).float().cpu().numpy()
+        pending.clear()
 
 
 def _batches(order: np.ndarray, lengths: list[int], batch_size: int, max_tokens: int | None):

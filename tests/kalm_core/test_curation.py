@@ -153,9 +153,16 @@ def test_a_missing_filter_model_is_a_clear_error(tmp_path):
         Embedder.from_pretrained(ModelConfig(), str(tmp_path / "no-model"))
 
 
-def test_truncation_is_counted():
-    emb = Embedder.from_pretrained(ModelConfig(), resolve_model_path(ModelConfig().base_model))
+def test_truncation_is_counted_and_encode_counts_it_while_tokenizing_once():
+    cfg = ModelConfig(passage_max_len=16)
+    emb = Embedder.from_pretrained(cfg, resolve_model_path(cfg.base_model))
     assert emb.count_truncated(["short", "a much longer text " * 20], max_len=16) == 1
+    # [CLS] + 14 words + [SEP] is exactly 16 tokens: it reaches the limit without being cut; 15 words are cut
+    texts = ["short", "word " * 14, "word " * 15, "a much longer text " * 20]
+    assert [len(x) for x in emb.tokenizer(texts)["input_ids"]][1:3] == [16, 17]
+    out, truncated = emb.encode(texts, return_truncated=True)
+    assert truncated == emb.count_truncated(texts, max_len=16) == 2
+    assert np.allclose(out, emb.encode(texts), atol=1e-6)
 
 
 def test_a_candidate_pool_joins_the_corpus_and_feeds_mining():

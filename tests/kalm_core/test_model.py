@@ -63,6 +63,21 @@ def test_encode_returns_rows_in_input_order():
     assert np.abs(emb.encode(TEXTS, batch_size=2) - one_by_one).max() <= 1e-5
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last_token"])
+def test_encode_pads_on_the_tokenizers_side_and_copies_rows_back_in_order(tiny_qwen2_dir, pooling, monkeypatch):
+    from kalm_core import model
+
+    texts = [" ".join(TEXTS[: 1 + i % len(TEXTS)])[: 10 + 17 * i] for i in range(9)]  # many lengths
+    emb = Embedder.from_pretrained(ModelConfig(pooling=pooling, passage_max_len=64), str(tiny_qwen2_dir))
+    one_by_one = np.stack([emb.encode([t])[0] for t in texts])  # no padding at all
+    emb.tokenizer.padding_side = "right"
+    right = emb.encode(texts, batch_size=4)
+    emb.tokenizer.padding_side = "left"
+    monkeypatch.setattr(model, "COLLECT_ROWS", 2)  # copy back from the device every second batch
+    left = emb.encode(texts, batch_size=2)
+    assert np.abs(right - one_by_one).max() <= 1e-5 and np.abs(left - one_by_one).max() <= 1e-5
+
+
 def test_inference_placement_falls_back_to_the_cpu_in_fp32(tiny_bert_dir):
     from kalm_core import device
 
