@@ -1,6 +1,7 @@
 """GPU benchmark of the kalm-mini recipe against the sentence-transformers peer, the same work in one run.
 
-    python benchmarks/bench_gpu_train.py [--steps 8] [--runs 3] [--warmup 3] [--shape both] [--levers] [--json F]
+    python benchmarks/bench_gpu_train.py [--steps 8] [--runs 3] [--warmup 3] [--shape both] [--levers [WORD ...]]
+                                         [--json F]
     python benchmarks/bench_gpu_train.py --tiny      # a tiny Qwen2 on the CPU: checks the arithmetic, not the speed
 
 A Qwen2-0.5B-shaped model (random init; 358M non-embedding parameters), per-device batch 48, group 8 (1 positive +
@@ -183,7 +184,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--shape", choices=["fixed", "mixed", "both"], default="both")
-    ap.add_argument("--levers", action="store_true", help="also time each lever alone (one run each) for the table")
+    ap.add_argument("--levers", nargs="*", metavar="WORD",
+                    help="also time each lever alone (one run each) for the table; with words, only the levers "
+                         "whose name holds one of them (e.g. --levers compile)")
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="skip the lever runs past this many seconds")
     ap.add_argument("--json", type=Path, help="write every run's numbers here as they come")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak (H100/H200: 989)")
@@ -241,8 +244,9 @@ def main() -> None:
             if args.runs:
                 results[shape] = (median_rate(ours_runs), median_rate(peer_runs))
         levers: dict[tuple[str, str], float] = {}
-        for shape in shapes if args.levers else []:
-            for name, overrides in LEVERS.items():
+        chosen = {n: o for n, o in LEVERS.items() if not args.levers or any(w in n for w in args.levers)}
+        for shape in shapes if args.levers is not None else []:
+            for name, overrides in chosen.items():
                 if shape == "fixed" and name == "+ token-budget chunks":
                     continue  # every text is `seq` tokens: the same chunks as 48 texts
                 if time.perf_counter() - began > args.budget_s:
