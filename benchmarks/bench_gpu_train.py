@@ -101,7 +101,7 @@ def ours(profile, snap: Path, out: Path, warmup: int) -> dict:
     _fresh_memory_stats()
     train(profile, snap, out, log=records.append, save=False)
     steps = [r for r in records if r["event"] == "step"]
-    kept = [r["keep_graph_tokens"] for r in records if r["event"] == "graph_budget"]
+    kept = [r["keep_graph_tokens"] for r in records if r["event"] == "memory_budget"]
     return {"tokens_per_s": steady_rate([r["t"] for r in steps], [r["tokens"] for r in steps], warmup),
             "first_loss": steps[0]["loss"], "peak_gib": _peak_gib(),
             "keep_graph_tokens": kept[-1] if kept else profile.train.keep_graph_tokens}

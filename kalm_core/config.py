@@ -106,7 +106,7 @@ class TrainConfig:
     length_chunk: int = 8  # texts per length-sorted forward chunk (each padded only to its own longest text)
     chunk_tokens: int | None = None  # and at most this many padded tokens per chunk (None: texts only)
     # GradCache chunks within this many padded tokens keep their graph instead of running a second forward (6 N
-    # FLOPs per token, not 8 N); "auto": as many as fit on the GPU, measured on the first step (graph_budget.py)
+    # FLOPs per token, not 8 N); "auto": as many as fit on the GPU, measured on the first step (memory_budget.py)
     keep_graph_tokens: int | str = 0
     compile: bool = False  # torch.compile each transformer layer (regional compilation: one graph, reused per layer)
     lora_rank: int | None = None

@@ -6,7 +6,7 @@ decouples the contrastive batch size from memory:
   2. the loss on the cached representations, backpropagated into the representations only;
   3. a second pass per chunk with gradients, under the same RNG state, backpropagating the cached gradient.
 The resulting parameter gradients equal the full-batch ones. Chunks whose activations fit in memory can keep their
-graph from step 1 and skip step 3's forward (`keep_tokens`; `kalm_core/graph_budget.py` sizes it on a GPU).
+graph from step 1 and skip step 3's forward (`keep_tokens`; `kalm_core/memory_budget.py` sizes it on a GPU).
 """
 
 from __future__ import annotations

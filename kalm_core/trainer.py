@@ -34,7 +34,7 @@ from kalm_core import checkpoint
 from kalm_core.batch_data import BatchFileError, load_batches
 from kalm_core.config import ModelConfig, Profile, TrainConfig, bf16_supported, profile_from_dict
 from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
-from kalm_core.graph_budget import GraphBudget
+from kalm_core.memory_budget import MemoryBudget
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
 from kalm_core.model import Embedder, ModelLoadError
 from kalm_core.prompts import eval_task_prompts
@@ -168,32 +168,35 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     pad_id = embedder.tokenizer.pad_token_id
     chunk = tcfg.grad_cache_chunk or tcfg.length_chunk
-    budget = GraphBudget(tcfg.keep_graph_tokens, device, distributed=world > 1)
+    budget = MemoryBudget(tcfg.keep_graph_tokens, device, tcfg.chunk_tokens, distributed=world > 1)
     t0, pairs_done, tokens_done = time.perf_counter(), 0, 0
     embedder.train()
     for step in range(start, total):
         q_ids, p_ids = steps[step]
-        q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, tcfg.chunk_tokens)
-        p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device, tcfg.chunk_tokens)
-        sizes = [ids.numel() for ids, _ in (*q_chunks, *p_chunks)]
-        with autocast:
-            if tcfg.grad_cache_chunk:
-                budget.step_started()
-                loss = None
-                while loss is None:
-                    try:
-                        loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
-                                                   loss_fn.compute_loss_from_embeddings, device,
-                                                   getattr(encoder, "no_sync", None), budget.tokens)
-                    except torch.OutOfMemoryError as e:
-                        event = budget.shrink(e, min(sizes))  # re-raises when there is nothing to give back
-                        optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
-                        if rank == 0:
-                            log({**event, "step": step + 1})
-                budget.backward_done()
+        loss = None
+        while loss is None:  # again only after an out-of-memory attempt, with less memory (memory_budget.py)
+            q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, budget.chunk_tokens)
+            p_chunks, p_order, p_tok = prepare(p_ids, pad_id, chunk, device, budget.chunk_tokens)
+            sizes = [ids.numel() for ids, _ in (*q_chunks, *p_chunks)]
+            if not tcfg.grad_cache_chunk:
+                with autocast:
+                    q, p = encoder(q_chunks + p_chunks, _merge_orders(q_order, p_order)).split([len(q_ids),
+                                                                                                len(p_ids)])
+                    loss = loss_fn.compute_loss_from_embeddings(q, p)
+                break
+            budget.step_started()
+            try:
+                with autocast:
+                    loss = grad_cache_backward(encoder, q_chunks, q_order, p_chunks, p_order,
+                                               loss_fn.compute_loss_from_embeddings, device,
+                                               getattr(encoder, "no_sync", None), budget.keep_tokens)
+            except torch.OutOfMemoryError as e:
+                event = budget.shrink(e, sizes, max(map(len, (*q_ids, *p_ids))))  # or re-raises
+                optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients
+                if rank == 0:
+                    log({**event, "step": step + 1})
             else:
-                q, p = encoder(q_chunks + p_chunks, _merge_orders(q_order, p_order)).split([len(q_ids), len(p_ids)])
-                loss = loss_fn.compute_loss_from_embeddings(q, p)
+                budget.backward_done()
         if not torch.isfinite(loss):
             good = checkpoint.latest(ckpt_dir)
             raise NonFiniteLoss(f"the loss is {loss.item()} at step {step + 1}; stopped without an update. "

@@ -88,7 +88,7 @@ def test_cuda_auto_budget_keeps_graphs_after_measuring_step_one_and_the_losses_d
         records = []
         train(Profile(name="t", model=mcfg, train=tcfg), snap, tmp_path / f"out{keep}", log=records.append, save=False)
         runs[keep] = records
-    measured = [r for r in runs["auto"] if r["event"] == "graph_budget"]
+    measured = [r for r in runs["auto"] if r["event"] == "memory_budget"]
     assert len(measured) == 1 and measured[0]["step"] == 1, measured
     # a tiny model on a large card: every chunk fits
     assert measured[0]["keep_graph_tokens"] > 10_000 and measured[0]["activation_bytes_per_token"] > 0

@@ -1,5 +1,5 @@
-"""Kept GradCache graphs: the budget's arithmetic, its out-of-memory retreat, and a trainer whose steps do not
-change when chunks keep their graph."""
+"""A GradCache step's memory: the kept-graph budget's arithmetic, the out-of-memory retreat (kept graphs, then chunk
+size), and a trainer whose steps do not change when chunks keep their graph or a step is retried."""
 
 import json
 from dataclasses import asdict
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kalm_core.config import PROFILES, ModelConfig, Profile, TrainConfig, profile_from_dict
-from kalm_core.graph_budget import GraphBudget, fit_tokens
+from kalm_core.memory_budget import MemoryBudget, fit_tokens
 from tests.conftest import batch_snapshot
 
 GIB = 2**30
@@ -23,14 +23,14 @@ def test_fit_tokens_keeps_what_fits_beside_weights_optimizer_and_gradients():
 
 def test_a_budget_is_a_number_of_tokens_or_auto_and_auto_is_none_off_cuda():
     cpu = torch.device("cpu")
-    assert GraphBudget(4096, cpu).tokens == 4096
-    auto = GraphBudget("auto", cpu)
+    assert MemoryBudget(4096, cpu).keep_tokens == 4096
+    auto = MemoryBudget("auto", cpu)
     auto.step_started()
     auto.backward_done()
-    assert auto.tokens == 0 and auto.step_done(largest_chunk=512) is None
+    assert auto.keep_tokens == 0 and auto.step_done(largest_chunk=512) is None
     for bad in (-1, "all", 1.5):
         with pytest.raises(ValueError, match="keep_graph_tokens"):
-            GraphBudget(bad, cpu)
+            MemoryBudget(bad, cpu)
 
 
 def test_auto_measures_step_one_on_a_card(monkeypatch):
@@ -43,27 +43,30 @@ def test_auto_measures_step_one_on_a_card(monkeypatch):
                      "memory_allocated": lambda d: next(allocated), "max_memory_allocated": lambda d: 30 * GIB,
                      "get_device_properties": lambda d: SimpleNamespace(total_memory=80 * GIB)}.items():
         monkeypatch.setattr(torch.cuda, name, fn)
-    budget = GraphBudget("auto", torch.device("cuda", 0))
-    assert budget.tokens == 0  # step 1 runs as plain GradCache
+    budget = MemoryBudget("auto", torch.device("cuda", 0))
+    assert budget.keep_tokens == 0  # step 1 runs as plain GradCache
     budget.step_started()
     budget.backward_done()
     event = budget.step_done(largest_chunk=24 * 1024)
     # 24 GiB of activations for 24 Ki tokens: 1 MiB per token; 85 % of the card, less 12 held and 2 of gradients
     assert event["activation_bytes_per_token"] == 2**20 and event["grads_gib"] == 2
-    assert budget.tokens == (68 - 12 - 2) * 1024 == event["keep_graph_tokens"]  # two 24 Ki chunks, not three
+    assert budget.keep_tokens == (68 - 12 - 2) * 1024 == event["keep_graph_tokens"]  # two 24 Ki chunks, not three
     assert budget.step_done(largest_chunk=24 * 1024) is None  # measured once
 
 
-def test_out_of_memory_halves_the_budget_then_gives_up():
+def test_out_of_memory_gives_back_kept_graphs_then_chunk_size_then_says_what_to_change():
     oom = torch.OutOfMemoryError("CUDA out of memory")
-    budget = GraphBudget(1000, torch.device("cpu"))
-    assert budget.shrink(oom, smallest_chunk=200)["keep_graph_tokens"] == 500
-    assert budget.shrink(oom, smallest_chunk=200)["keep_graph_tokens"] == 250
-    assert budget.shrink(oom, smallest_chunk=200)["keep_graph_tokens"] == 0  # below one chunk: keep none
-    with pytest.raises(torch.OutOfMemoryError):
-        budget.shrink(oom, smallest_chunk=200)  # plain GradCache ran out of memory: a real failure
-    with pytest.raises(torch.OutOfMemoryError):  # another rank could be inside a collective: no retry
-        GraphBudget(1000, torch.device("cpu"), distributed=True).shrink(oom, smallest_chunk=200)
+    budget = MemoryBudget(1000, torch.device("cpu"), chunk_tokens=800)
+    sizes, longest = [200, 200, 300], 100  # padded tokens of the step's chunks; its longest text
+    steps = [budget.shrink(oom, sizes, longest) for _ in range(6)]
+    assert [(e["keep_graph_tokens"], e["chunk_tokens"]) for e in steps] == [
+        (500, 800), (250, 800), (0, 800),  # kept graphs first, none once below the smallest chunk
+        (0, 400), (0, 200), (0, 100)]  # then the chunk size, down to the longest text
+    with pytest.raises(torch.OutOfMemoryError, match="gradient_checkpointing") as raised:
+        budget.shrink(oom, [100, 100, 100], longest)  # one text per chunk, nothing kept: nothing left to give
+    assert raised.value.__cause__ is oom
+    with pytest.raises(torch.OutOfMemoryError, match="under DDP"):  # another rank could be inside a collective
+        MemoryBudget(1000, torch.device("cpu"), distributed=True).shrink(oom, sizes, longest)
 
 
 def _train(tmp_path, model_dir, name, **overrides):
@@ -75,7 +78,7 @@ def _train(tmp_path, model_dir, name, **overrides):
     records = []
     train(Profile(name="t", model=mcfg, train=tcfg), tmp_path / "b.parquet", tmp_path / name, log=records.append,
           save=False)
-    return [r["loss"] for r in records if r["event"] == "step"], [r for r in records if r["event"] == "graph_budget"]
+    return [r["loss"] for r in records if r["event"] == "step"], [r for r in records if r["event"] == "memory_budget"]
 
 
 def test_kept_graphs_and_an_out_of_memory_retry_leave_every_step_unchanged(tmp_path, tiny_qwen2_dir, monkeypatch):
@@ -111,6 +114,18 @@ def test_kept_graphs_and_an_out_of_memory_retry_leave_every_step_unchanged(tmp_p
     got = [n for k, n in calls if k <= 200]
     assert max(abs(a - b) / b for a, b in zip(got, plain_norms)) <= 1e-4, (got, plain_norms)
     assert max(abs(a - b) for a, b in zip(plain, retried)) <= 1e-5 * max(plain)
+
+    # a card too small for the profile's chunks: they halve until they fit, and the steps stay the same
+    def out_of_memory_over_48_token_chunks(encoder, q_chunks, q_order, p_chunks, p_order, *rest):
+        loss = real(encoder, q_chunks, q_order, p_chunks, p_order, *rest)
+        if max(ids.numel() for ids, _ in (*q_chunks, *p_chunks)) > 48:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return loss
+
+    monkeypatch.setattr(trainer, "grad_cache_backward", out_of_memory_over_48_token_chunks)
+    smaller, events = _train(tmp_path, tiny_qwen2_dir, "smaller")
+    assert [e["chunk_tokens"] for e in events] == [48] and events[0]["step"] == 1
+    assert max(abs(a - b) for a, b in zip(plain, smaller)) <= 1e-4 * max(plain)  # other padding, same math
 
 
 def test_kalm_mini_sizes_its_kept_graphs_by_itself():
