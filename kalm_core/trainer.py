@@ -197,6 +197,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
                     log({**event, "step": step + 1})
             else:
                 budget.backward_done()
+            if loss is None and device.type == "cuda":
+                torch.cuda.empty_cache()  # the failed attempt's blocks, free once its traceback is gone
         if not torch.isfinite(loss):
             good = checkpoint.latest(ckpt_dir)
             raise NonFiniteLoss(f"the loss is {loss.item()} at step {step + 1}; stopped without an update. "
