@@ -84,7 +84,8 @@ def test_cuda_auto_budget_keeps_graphs_after_measuring_step_one_and_the_losses_d
     runs = {}
     for keep in (0, "auto"):
         tcfg = TrainConfig(group_size=4, dims=(64, 16), dim_weights=(1.0, 0.3), lr=1e-4, warmup_ratio=0.0, bf16=False,
-                           checkpoint_every=0, grad_cache_chunk=64, chunk_tokens=64, keep_graph_tokens=keep)
+                           checkpoint_every=0, grad_cache_chunk=64, chunk_tokens=64, keep_graph_tokens=keep,
+                           compile=True)  # as kalm-mini runs it
         records = []
         train(Profile(name="t", model=mcfg, train=tcfg), snap, tmp_path / f"out{keep}", log=records.append, save=False)
         runs[keep] = records
