@@ -23,7 +23,8 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "marts": ("assets.marts", "kalm_core.sql_models", "kalm_core.pairs"),
     "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot"),
     "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
-                 "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka", "kalm_core.checkpoint", *MODEL),
+                 "kalm_core.memory_budget", "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka",
+                 "kalm_core.checkpoint", *MODEL),
     "evaluation": ("assets.evaluation", "kalm_core.evaluation", *MODEL),
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from kalm_core.config import FilterConfig
 from kalm_core.device import token_budget
@@ -100,12 +101,12 @@ def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig
 
     ranked = rank_positives(q_emb, c_emb, pos_ids, excluded, depth=window.hi, chunk=cfg.query_chunk)
     kept, reasons = keep_decision(ranked.ranks, window.top_k)
-    mined = [mine_negatives(pid, g, cands, float(ps), corpus.texts, ex, cfg.n_negatives, window.lo, window.hi,
+    mined = [mine_negatives(pid, g, ranked.window(i, window.lo, window.hi), ps, corpus.texts, ex, cfg.n_negatives,
                             cfg.margin, cfg.seed)
-             for pid, g, cands, ps, ex in zip(pairs["pair_id"].to_list(), given, ranked.candidates,
-                                              ranked.pos_scores, excluded)]
+             for i, (pid, g, ps, ex) in enumerate(zip(pairs["pair_id"].to_list(), given,
+                                                      ranked.pos_scores.tolist(), excluded))]
     out = pairs.drop("negatives").with_columns(
-        pl.Series("negatives", [m.negatives for m in mined], dtype=pl.List(pl.Utf8)),
+        _list_column("negatives", [m.negatives for m in mined]),
         pl.Series("pos_rank", ranked.ranks, dtype=pl.Int64),
         pl.Series("pos_score", ranked.pos_scores, dtype=pl.Float32),
         pl.Series("kept", kept, dtype=pl.Boolean),
@@ -121,3 +122,11 @@ def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig
         filled_rows=sum(m.n_filled > 0 for m in mined), margin_dropped=sum(m.n_margin_dropped for m in mined),
     )
     return out, stats
+
+
+def _list_column(name: str, rows: list[list[str]]) -> pl.Series:
+    """A list-of-strings column built through one Arrow array (about 2x faster than from Python lists)."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    values = pa.array([x for r in rows for x in r], type=pa.large_string())
+    return pl.Series(name, pa.LargeListArray.from_arrays(pa.array(offsets), values)).cast(pl.List(pl.Utf8))

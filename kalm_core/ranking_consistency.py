@@ -55,7 +55,14 @@ class Ranked:
 
     ranks: np.ndarray  # (P,) int64
     pos_scores: np.ndarray  # (P,) float32
-    candidates: list[list[tuple[int, float]]]  # per pair, (corpus id, score) in rank order, up to `depth`
+    cand_ids: np.ndarray  # (P, depth) int64: corpus ids in rank order, -1 past the end of a short list
+    cand_scores: np.ndarray  # (P, depth) float32
+
+    def window(self, i: int, lo: int, hi: int) -> list[tuple[int, float]]:
+        """Pair i's candidates ranked in [lo, hi): (corpus id, score)."""
+        ids = self.cand_ids[i, lo:hi]
+        ids = ids[ids >= 0]
+        return list(zip(ids.tolist(), self.cand_scores[i, lo:lo + len(ids)].tolist()))
 
 
 def rank_positives(q_emb: np.ndarray, corpus_emb: np.ndarray, pos_ids: np.ndarray,
@@ -64,26 +71,30 @@ def rank_positives(q_emb: np.ndarray, corpus_emb: np.ndarray, pos_ids: np.ndarra
     extra = max((len(e) for e in excluded), default=0)
     scores, ids = topk(q_emb, corpus_emb, depth + extra, chunk)  # (P, depth + extra)
     pos_scores = np.einsum("pd,pd->p", q_emb, corpus_emb[pos_ids]).astype(np.float32)
-    ranks = np.full(len(pos_ids), -1, dtype=np.int64)
-    candidates: list[list[tuple[int, float]]] = []
-    for i in range(len(pos_ids)):
-        kept: list[tuple[int, float]] = []
-        for cid, s in zip(ids[i].tolist(), scores[i].tolist()):
-            if cid < 0:
-                break
-            if cid == pos_ids[i]:
-                ranks[i] = len(kept)
-            elif cid not in excluded[i]:
-                kept.append((cid, s))
-        candidates.append(kept[:depth])
-    deep = np.flatnonzero(ranks < 0)  # positive below the retrieved depth: count exactly
+    # array work over all pairs at once (a Python loop over 100k pairs x 100 candidates took 12 s)
+    rows = np.arange(len(pos_ids), dtype=np.int64)
+    ex = np.full((len(pos_ids), max(extra, 1)), -2, dtype=np.int64)  # each pair's few excluded ids, -2 padded
+    for i, e in enumerate(excluded):
+        ex[i, :len(e)] = list(e)
+    is_excluded = np.zeros(ids.shape, dtype=bool)  # (P, K)
+    for j in range(ex.shape[1]):
+        is_excluded |= ids == ex[:, j:j + 1]
+    is_pos = (ids == pos_ids[:, None]) & (ids >= 0)
+    counts = (ids >= 0) & ~is_pos & ~is_excluded  # the competitors, in rank order
+    ahead = np.cumsum(counts, axis=1)  # competitors up to each position
+    found = is_pos.any(axis=1)
+    ranks = np.where(found, ahead[rows, is_pos.argmax(axis=1)], -1).astype(np.int64)
+    order = np.argsort(~counts, axis=1, kind="stable")[:, :depth]  # competitors first, rank order kept
+    cand_ids = np.where(np.take_along_axis(counts, order, axis=1), np.take_along_axis(ids, order, axis=1), -1)
+    cand_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    deep = np.flatnonzero(~found)  # positive below the retrieved depth: count exactly
     if deep.size:
         above = count_above(q_emb[deep], corpus_emb, pos_scores[deep], chunk)
         for j, i in enumerate(deep):
             ex = [x for x in excluded[i] if x != pos_ids[i]]
             ex_above = int((corpus_emb[ex] @ q_emb[i] > pos_scores[i]).sum()) if ex else 0
             ranks[i] = int(above[j]) - ex_above
-    return Ranked(ranks, pos_scores, candidates)
+    return Ranked(ranks, pos_scores, cand_ids, cand_scores)
 
 
 def keep_decision(ranks: np.ndarray, top_k: int) -> tuple[np.ndarray, list[str | None]]:

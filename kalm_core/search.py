@@ -69,9 +69,11 @@ def count_above(queries: np.ndarray, corpus: np.ndarray, thresholds: np.ndarray,
     an item from outranking itself through float rounding between two kernels)."""
     dev = _device()
     c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32)).to(dev)
+    exact = torch.float32 if c.shape[0] < 2**24 else torch.float64  # counts a float sum holds exactly
     out = []
     for s in range(0, queries.shape[0], chunk):
         sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)).to(dev) @ c.T  # (q, C)
         limit = torch.from_numpy(thresholds[s:s + chunk] + eps).to(dev).unsqueeze(1)
-        out.append((sim > limit).sum(1).cpu().numpy())
+        # 1.0/0.0 in place, then a float sum: on the CPU, summing a boolean tensor is ~6x slower
+        out.append(sim.gt_(limit).sum(1, dtype=exact).round().cpu().numpy().astype(np.int64))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -77,19 +77,19 @@ def test_negatives_come_from_the_window_and_never_a_positive_or_the_query():
 
 def test_the_margin_excludes_a_near_duplicate_of_the_positive():
     texts = ["pos", "near dup", "far a", "far b", "far c", "query"]
-    cands = [(1, 0.97), (2, 0.5), (3, 0.4), (4, 0.3)]  # (corpus id, score), rank order; positive scored 1.0
-    plain = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=2, lo=0, hi=4, margin=None, seed=1)
-    margin = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=4, lo=0, hi=4, margin=0.95, seed=1)
+    cands = [(1, 0.97), (2, 0.5), (3, 0.4), (4, 0.3)]  # the window: (corpus id, score), rank order; positive 1.0
+    plain = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=2, margin=None, seed=1)
+    margin = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=4, margin=0.95, seed=1)
     assert margin.n_margin_dropped == 1 and "near dup" not in margin.negatives
     assert margin.n_mined == 3 and margin.n_filled == 0  # not even the random fill brings it back
     assert plain.n_margin_dropped == 0 and set(plain.negatives) <= {"near dup", "far a", "far b", "far c"}
-    always = [mine_negatives(f"k{i}", [], cands, 1.0, texts, {0, 5}, n=4, lo=0, hi=4, seed=i) for i in range(5)]
+    always = [mine_negatives(f"k{i}", [], cands, 1.0, texts, {0, 5}, n=4, seed=i) for i in range(5)]
     assert all("near dup" in m.negatives for m in always)  # without the margin it is mined
 
 
 def test_a_short_row_is_filled_at_random_and_flagged():
     texts = ["pos", "q", "a", "b", "c", "d"]
-    m = mine_negatives("k", ["given"], [(2, 0.5)], 1.0, texts, {0, 1}, n=4, lo=0, hi=1, seed=0)
+    m = mine_negatives("k", ["given"], [(2, 0.5)], 1.0, texts, {0, 1}, n=4, seed=0)
     assert m.negatives[0] == "given" and m.n_given == 1 and m.n_mined == 1 and m.n_filled == 2
     assert not {"pos", "q"} & set(m.negatives) and len(set(m.negatives)) == 4
 
@@ -194,3 +194,63 @@ def test_a_rebuild_whose_texts_are_all_cached_never_loads_the_model(tmp_path):
     again = CachedEncoder(loader, EmbeddingCache(tmp_path, path, config))
     assert np.allclose(again.passages(["beta", "alpha"]), vectors[::-1]) and again.encoded == 0
     assert loads == [1]  # everything came from the cache: the model was never loaded
+
+
+def _reference_ranks(q, docs, pos_ids, excluded, depth):
+    """The ranking rule written as the plain loop it is: walk the retrieved list, skip excluded ids, note where the
+    positive stands; past the depth, count exactly."""
+    from kalm_core.search import topk
+
+    extra = max(len(e) for e in excluded)
+    scores, ids = topk(q, docs, depth + extra)
+    ranks, candidates = [], []
+    for i in range(len(pos_ids)):
+        kept, rank = [], None
+        for cid, s in zip(ids[i].tolist(), scores[i].tolist()):
+            if cid == pos_ids[i]:
+                rank = len(kept)
+            elif cid not in excluded[i]:
+                kept.append((cid, s))
+        if rank is None:
+            pos = float(docs[pos_ids[i]] @ q[i])
+            rank = sum(1 for c in range(len(docs)) if c not in excluded[i] and float(docs[c] @ q[i]) > pos + 1e-5)
+        ranks.append(rank)
+        candidates.append(kept[:depth])
+    return ranks, candidates
+
+
+@pytest.mark.parametrize("n_docs,depth", [(200, 20), (30, 25), (12, 50)])
+def test_array_ranking_equals_the_plain_loop(n_docs, depth):
+    from kalm_core.ranking_consistency import rank_positives
+
+    rng = np.random.default_rng(n_docs)
+    docs = unit(rng.normal(size=(n_docs, DIM)))
+    pos_ids = rng.integers(0, n_docs, size=40)
+    q = unit(docs[pos_ids] + rng.uniform(0.1, 3.0, size=(40, 1)) * rng.normal(size=(40, DIM)))  # near and far
+    excluded = [{int(p)} | set(rng.integers(0, n_docs, size=rng.integers(0, 4)).tolist()) for p in pos_ids]
+    got = rank_positives(q, docs, pos_ids, excluded, depth=depth)
+    ranks, candidates = _reference_ranks(q, docs, pos_ids, excluded, depth)
+    assert got.ranks.tolist() == ranks and (np.array(ranks) < 3).any()
+    assert (np.array(ranks) >= depth).any() or n_docs < 10 * depth  # a large corpus: some counted past the depth
+    for i, cands in enumerate(candidates):
+        window = got.window(i, 0, depth)
+        assert [c for c, _ in window] == [c for c, _ in cands]
+        np.testing.assert_allclose([s for _, s in window], [s for _, s in cands], atol=1e-6)
+        assert got.window(i, 3, 7) == window[3:7]
+
+
+def test_mining_samples_distinct_window_positions_uniformly_and_reproducibly():
+    import collections
+    import random
+
+    from kalm_core.mining import _rng, _sample
+
+    rng = random.Random(0)
+    counts = collections.Counter()
+    for _ in range(6000):
+        draw = _sample(rng, 10, 3)
+        assert len(set(draw)) == 3 and all(0 <= i < 10 for i in draw)
+        counts.update(draw)
+    assert len(counts) == 10 and max(counts.values()) / min(counts.values()) < 1.15  # 1,800 each expected
+    assert sorted(_sample(rng, 4, 4)) == [0, 1, 2, 3] and _sample(rng, 4, 0) == []
+    assert _sample(_rng(0, "pair-1"), 50, 7) == _sample(_rng(0, "pair-1"), 50, 7)  # a pair draws alike every run
