@@ -68,6 +68,9 @@ class Ranked:
 def rank_positives(q_emb: np.ndarray, corpus_emb: np.ndarray, pos_ids: np.ndarray,
                    excluded: list[set[int]], depth: int, chunk: int = 4096) -> Ranked:
     """q_emb (P, D) one row per pair; pos_ids (P,) the positive's corpus id; excluded[i] ids that never count."""
+    if len(pos_ids) == 0:  # no pairs, so no corpus
+        return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, depth), np.int64),
+                      np.zeros((0, depth), np.float32))
     extra = max((len(e) for e in excluded), default=0)
     scores, ids = topk(q_emb, corpus_emb, depth + extra, chunk)  # (P, depth + extra)
     pos_scores = np.einsum("pd,pd->p", q_emb, corpus_emb[pos_ids]).astype(np.float32)

@@ -254,3 +254,16 @@ def test_mining_samples_distinct_window_positions_uniformly_and_reproducibly():
     assert len(counts) == 10 and max(counts.values()) / min(counts.values()) < 1.15  # 1,800 each expected
     assert sorted(_sample(rng, 4, 4)) == [0, 1, 2, 3] and _sample(rng, 4, 0) == []
     assert _sample(_rng(0, "pair-1"), 50, 7) == _sample(_rng(0, "pair-1"), 50, 7)  # a pair draws alike every run
+
+
+def test_a_source_with_no_pairs_filters_to_no_rows():
+    class Zeros:
+        def queries(self, texts):
+            return np.zeros((len(texts), DIM), dtype=np.float32)
+
+        passages = queries
+
+    empty = planted()[0].head(0)
+    out, stats = filter_source(empty, Zeros(), FilterConfig(n_negatives=3))
+    assert out.height == 0 and out.schema["negatives"] == pl.List(pl.Utf8) and "pos_rank" in out.columns
+    assert stats.kept == 0 and stats.median_pos_rank is None
