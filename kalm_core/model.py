@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from kalm_core.config import ModelConfig, resolve_model_path
+from kalm_core.grad_cache import pad
 
 POOLINGS = ("mean", "last_token", "cls")
 
@@ -164,7 +165,7 @@ class Embedder(torch.nn.Module):
         pending: list[tuple[np.ndarray, torch.Tensor]] = []  # results left on the device: no sync per batch
         for idx in tqdm(_batches(order, lengths, batch_size, max_tokens), disable=not show_progress, desc="encode",
                         unit="batch"):
-            ids, mask = _pad([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id, left)
+            ids, mask = pad([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id, left)
             pending.append((idx, self(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))))
             if sum(len(i) for i, _ in pending) >= COLLECT_ROWS:
                 _collect(out, pending)
@@ -202,19 +203,6 @@ POOLING_MODES = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}  # our
 
 
 COLLECT_ROWS = 65536  # embeddings held on the device before one copy to the host (~117 MB at 896 dims in bf16)
-
-
-def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (input_ids, attention_mask), padded on the tokenizer's side. Through numpy: ~6x faster than
-    the tokenizer's `pad`, which a GPU would otherwise wait for between batches."""
-    width = max(len(r) for r in rows)
-    if left:
-        ids = [[pad_id] * (width - len(r)) + r for r in rows]
-        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-    else:
-        ids = [r + [pad_id] * (width - len(r)) for r in rows]
-        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-    return torch.from_numpy(np.array(ids, dtype=np.int64)), torch.from_numpy(np.array(mask, dtype=np.int64))
 
 
 def _collect(out: np.ndarray, pending: list[tuple[np.ndarray, torch.Tensor]]) -> None:
