@@ -210,7 +210,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = qwen2_05b(Path(tmp) / "qwen2", tiny=args.tiny)
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         n_params = sum(p.numel() for n, p in AutoModel.from_pretrained(model_dir).named_parameters()
                        if "embed_tokens" not in n)

@@ -13,18 +13,16 @@ bench_gpu_train.py; this one shows the mechanism where it can run. Last line:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import docstring_rows, write_snapshot  # noqa: E402
+from benchmarks.common import demo_profile, docstring_rows, training_args, write_snapshot  # noqa: E402
 from benchmarks.timing import median_rate, steady_rate  # noqa: E402
-from kalm_core.config import PROFILES, bf16_supported, resolve_model_path  # noqa: E402
+from kalm_core.config import bf16_supported  # noqa: E402
 from kalm_core.trainer import train  # noqa: E402
 
 WAYS = {
@@ -35,23 +33,14 @@ WAYS = {
 
 
 def run(way: dict, snapshot: Path, steps: int, bf16: bool, out: Path, warmup: int) -> tuple[float, float]:
-    demo = PROFILES["demo"]
-    profile = replace(demo, model=replace(demo.model, base_model=resolve_model_path(demo.model.base_model)),
-                      train=replace(demo.train, group_size=2, max_steps=steps, bf16=bf16, checkpoint_every=0,
-                                    warmup_ratio=0.0, **way))
     records: list[dict] = []
-    train(profile, snapshot, out, log=records.append, save=False)
+    train(demo_profile(steps, bf16, **way), snapshot, out, log=records.append, save=False)
     steps_ = [r for r in records if r["event"] == "step"]
     return steady_rate([r["t"] for r in steps_], [r["pairs"] for r in steps_], warmup), steps_[0]["loss"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    args = ap.parse_args()
+    args = training_args(__doc__).parse_args()
     bf16 = bf16_supported()
     rates: dict[str, list[float]] = {name: [] for name in WAYS}
     first_loss: dict[str, float] = {}

@@ -10,19 +10,17 @@ per-step end stamps, the steady state after `--warmup` steps, the median of `--r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import docstring_rows, write_snapshot  # noqa: E402
+from benchmarks.common import demo_profile, docstring_rows, training_args, write_snapshot  # noqa: E402
 from benchmarks.timing import median_rate, steady_rate  # noqa: E402
 from kalm_core.config import PROFILES, bf16_supported, resolve_model_path  # noqa: E402
 from kalm_core.trainer import train  # noqa: E402
@@ -31,12 +29,8 @@ DIMS, WEIGHTS = (384, 256, 128, 64), (1.0, 0.3, 0.2, 0.1)
 
 
 def ours(snapshot: Path, steps: int, bf16: bool, out: Path, warmup: int) -> float:
-    demo = PROFILES["demo"]
-    profile = replace(demo, model=replace(demo.model, base_model=resolve_model_path(demo.model.base_model)),
-                      train=replace(demo.train, group_size=2, dims=DIMS, dim_weights=WEIGHTS, max_steps=steps,
-                                    bf16=bf16, checkpoint_every=0, warmup_ratio=0.0))
     records = []
-    train(profile, snapshot, out, log=records.append)
+    train(demo_profile(steps, bf16, dims=DIMS, dim_weights=WEIGHTS), snapshot, out, log=records.append)
     step_records = [r for r in records if r["event"] == "step"]
     return steady_rate([r["t"] for r in step_records], [r["pairs"] for r in step_records], warmup)
 
@@ -69,12 +63,7 @@ def sentence_transformers(rows, steps: int, batch: int, bf16: bool, out: Path, w
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2)
-    args = ap.parse_args()
+    args = training_args(__doc__).parse_args()
     torch.set_num_threads(torch.get_num_threads())
     bf16 = bf16_supported()
     rows = docstring_rows(args.steps * args.batch, args.batch)
