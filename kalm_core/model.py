@@ -163,12 +163,15 @@ class Embedder(torch.nn.Module):
         lengths = [len(enc["input_ids"][i]) for i in order]
         left = self.tokenizer.padding_side == "left"
         pending: list[tuple[np.ndarray, torch.Tensor]] = []  # results left on the device: no sync per batch
+        held = 0
         for idx in tqdm(_batches(order, lengths, batch_size, max_tokens), disable=not show_progress, desc="encode",
                         unit="batch"):
             ids, mask = pad([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id, left)
-            pending.append((idx, self(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))))
-            if sum(len(i) for i, _ in pending) >= COLLECT_ROWS:
+            pending.append((idx, self(ids.to(self.device), mask.to(self.device))))
+            held += len(idx)
+            if held >= COLLECT_ROWS:
                 _collect(out, pending)
+                held = 0
         _collect(out, pending)
         self.train(was_training)
         return (out, truncated) if return_truncated else out
