@@ -33,7 +33,7 @@ from kalm_core.embedding_cache import EmbeddingCache  # noqa: E402
 from kalm_core.filtering import CachedEncoder, filter_source  # noqa: E402
 from kalm_core.model import Embedder  # noqa: E402
 from kalm_core.python_docs import harvest  # noqa: E402
-from kalm_core.search import topk_faiss, topk_torch  # noqa: E402
+from kalm_core.search import faiss_available, topk_faiss, topk_torch  # noqa: E402
 
 
 def docstring_pairs(n: int) -> pl.DataFrame:
@@ -49,9 +49,7 @@ def docstring_pairs(n: int) -> pl.DataFrame:
 
 
 def bench_search() -> float | None:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
+    if not faiss_available():
         print("search: faiss is not installed, skipped (curation searches with torch)")
         return None
     rng = np.random.default_rng(0)
