@@ -17,6 +17,7 @@ from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
 from kalm_core.identifiers import table
+from kalm_core.prompts import eval_task_prompts
 
 CANDIDATE = dg.AssetKey(["training", "candidate"])
 EMBEDDER = dg.AssetKey(["training", "embedder"])
@@ -64,8 +65,12 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     out = data_dir() / "models" / run_id
     out.mkdir(parents=True)
     (out / "run_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
+    # the evaluation tasks' prompts, saved with the model: this process has mteb's metadata loaded, the trainer not
+    prompts = eval_task_prompts(profile.eval.mteb_tasks, profile.model.query_template)
+    (out / "task_prompts.json").write_text(json.dumps(prompts, indent=2))
     cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--sha256", digest,
-                                                "--config", str(out / "run_config.json"), "--output", str(out)])
+                                                "--config", str(out / "run_config.json"), "--output", str(out),
+                                                "--task-prompts", str(out / "task_prompts.json")])
     context.log.info(" ".join(cmd))
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     # Dagster Pipes: the trainer's step lines stream into this run's log, cancelling the run sends it SIGINT

@@ -128,7 +128,8 @@ def tokenize_batches(embedder: Embedder, batches, rank: int, world: int) -> list
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path: str | None = None,
-          max_steps: int | None = None, log=print, snapshot_sha256: str | None = None, save: bool = True) -> dict:
+          max_steps: int | None = None, log=print, snapshot_sha256: str | None = None, save: bool = True,
+          task_prompts: dict[str, str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     tcfg, mcfg = profile.train, profile.model
     output = Path(output)
@@ -238,8 +239,9 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
             embedder.model = embedder.model.merge_and_unload()
         instructions = Counter(pl.read_parquet(snapshot, columns=["instruction"])["instruction"].drop_nulls())
         top = instructions.most_common(1)  # saved as the model's "query" prompt, so mteb and ST apply it
-        embedder.save(output / "model", query_instruction=top[0][0] if top else None,
-                      task_prompts=eval_task_prompts(profile.eval.mteb_tasks, mcfg.query_template))
+        if task_prompts is None:  # the training asset passes them: mteb's metadata costs this process ~2.5 s
+            task_prompts = eval_task_prompts(profile.eval.mteb_tasks, mcfg.query_template)
+        embedder.save(output / "model", query_instruction=top[0][0] if top else None, task_prompts=task_prompts)
         (output / "train_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
     if rank == 0:
         log(summary)
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None, log=None, report_error=None) -> int:
     ap.add_argument("--output", required=True, help="run directory: model/, checkpoints/, train_log.jsonl")
     ap.add_argument("--model-path", help="start from this model instead of the profile's base model")
     ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--task-prompts", help="JSON {prompt name: prefix} saved with the model (default: computed from "
+                    "the profile's MTEB tasks, kalm_core.prompts)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     log = log or (lambda record: print(json.dumps(record), flush=True))
@@ -289,7 +293,9 @@ def main(argv: list[str] | None = None, log=None, report_error=None) -> int:
     (Path(args.output) / ERROR_FILE).unlink(missing_ok=True)
     try:
         profile = profile_from_dict(json.loads(Path(args.config).read_text()))
-        train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log, args.sha256)
+        prompts = json.loads(Path(args.task_prompts).read_text()) if args.task_prompts else None
+        train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log, args.sha256,
+              task_prompts=prompts)
     except (BatchFileError, ModelLoadError, ValueError) as e:
         return failed(e, EXIT_BAD_INPUT)
     except NonFiniteLoss as e:
