@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sql_csv_sources_and_export(env, capsys, tmp_path):
-    assert main(["run"]) == 0
+    assert main(["run", "--select", "+key:marts/training_pairs or +key:marts/eval_pairs"]) == 0  # the data layers
     capsys.readouterr()
 
     assert main(["sql", "select source, count(*) as n from marts.training_pairs group by source order by source",
