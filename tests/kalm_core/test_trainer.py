@@ -95,6 +95,9 @@ def test_resume_after_kill_gives_the_same_losses(tmp_path, tiny_bert_dir):
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6, (a, b)
     assert (killed / "model" / "modules.json").exists()
+    # run alone, the trainer computes the evaluation tasks' prompts itself (the profile's default MTEB tasks)
+    prompts = json.loads((killed / "model" / "config_sentence_transformers.json").read_text())["prompts"]
+    assert {"SciFact-query", "NFCorpus-query"} <= prompts.keys()
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_bert_dir, capsys):
@@ -117,8 +120,13 @@ def test_kalm_mini_recipe_on_a_tiny_qwen2(tmp_path, tiny_qwen2_dir, capsys):
     cfg = tmp_path / "mini.json"
     cfg.write_text(json.dumps(asdict(profile), default=list))
     snap = batch_snapshot(tmp_path / "b.parquet", n_batches=2, negatives=7)
-    code, text = run(["--snapshot", snap, "--config", cfg, "--output", tmp_path / "out", "--max-steps", 2], capsys)
+    given = tmp_path / "prompts.json"  # as the training asset passes them: saved as given, nothing recomputed
+    given.write_text(json.dumps({"Mine-query": "Instruct: find mine \n Query: "}))
+    code, text = run(["--snapshot", snap, "--config", cfg, "--output", tmp_path / "out", "--max-steps", 2,
+                      "--task-prompts", given], capsys)
     assert code == 0, text
+    prompts = json.loads((tmp_path / "out" / "model" / "config_sentence_transformers.json").read_text())["prompts"]
+    assert "Mine-query" in prompts and not any(k.startswith(("SciFact", "NFCorpus")) for k in prompts)
     steps = [json.loads(x) for x in text.splitlines() if x.startswith('{"event": "step"')]
     assert len(steps) == 2 and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
     model_dir = tmp_path / "out" / "model"
