@@ -231,16 +231,16 @@ def _stdin_queries(stream):
 
 def cmd_sql(args) -> int:
     if args.query != "-":
-        statements = sandbox.check_statements(args.query)
-        with sandbox.open_sandbox(at=args.at) as con:
+        statements = sandbox.check_statements(args.query, wh.lake_spec().data_path)
+        with sandbox.open_sandbox(at=args.at, confine=args.confine) as con:
             _show(con, statements, args.csv)
         return 0
     # a session: the lake is attached once and every query sees the last committed snapshot (or --at)
     failed = 0
-    with sandbox.open_sandbox(at=args.at) as con:
+    with sandbox.open_sandbox(at=args.at, confine=args.confine) as con:
         for query in _stdin_queries(sys.stdin):
             try:
-                _show(con, sandbox.check_statements(query), args.csv)
+                _show(con, sandbox.check_statements(query, wh.lake_spec().data_path), args.csv)
             except (sandbox.ReadOnlyQuery, duckdb.Error) as e:
                 failed += 1
                 print(f"kalm: error: {e}", file=sys.stderr, flush=True)
@@ -349,8 +349,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, confine: bool = False) -> int:
+    """`confine=True` (the `kalm` program) lets `kalm sql` take away its own process's right to write files."""
     args = parser().parse_args(argv)
+    args.confine = confine
     try:
         _apply_env(args)
         if args.command in ("run", "ui"):
@@ -365,5 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The `kalm` program: a process of its own, so `kalm sql` may confine it (kalm_core/sandbox.py)."""
+    return main(confine=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

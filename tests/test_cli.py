@@ -51,8 +51,8 @@ PROBES = {
     "copy (select 1) to '{d}/evil.py'": "read-only",
     "copy (select 1) to '{lake}/data/x.csv'": "read-only",  # inside the data path: refused by statement type
     "attach '{d}/new.duckdb' as n": "read-only",
-    "select * from read_blob('/proc/self/environ')": "Permission",
-    "select * from read_text('/etc/hostname')": "Permission",
+    "select * from read_blob('/proc/self/environ')": "only under the lake's data path",
+    "select * from read_text('/etc/hostname')": "only under the lake's data path",
     "install httpfs": "read-only",
     "load httpfs": "read-only",
     "set enable_external_access = true": "read-only",
