@@ -5,7 +5,7 @@
   kalm sql "QUERY"|- [--csv] [--at SNAPSHOT]                   query the lake read-only (as of a snapshot);
                                                                '-': a session reading queries from stdin
   kalm snapshots                                               the lake's snapshots (each materialisation is one)
-  kalm maintain [--keep-runs N]                                expire old snapshots, compact and delete old files
+  kalm maintain [--keep-runs N] [--keep-snapshots N]           expire old snapshots, compact, delete old and orphaned files
   kalm sources                                                 the catalogue with row counts
   kalm export --format flagembedding OUT.jsonl [--force]       write the curated pairs
 """
@@ -145,11 +145,16 @@ def cmd_run(args) -> int:
         return 1
     if args.select is None and not args.stale:
         with wh.connect() as con:
-            kept = retention.maintain(con, args.keep_runs)
-        if kept.expired:
-            print(f"Retention: expired {kept.expired} snapshot(s) older than {kept.kept_from} (kept what the last "
-                  f"{args.keep_runs} training runs need), deleted {kept.files_deleted} file(s)")
+            kept = retention.maintain(con, args.keep_runs, args.keep_snapshots, shared=lake.kind != "sqlite")
+        if kept.expired or kept.files_deleted:
+            print(f"Retention: {_retention_summary(kept)}")
     return 0
+
+
+def _retention_summary(kept: retention.Retention) -> str:
+    return (f"expired {kept.expired} snapshot(s)" + (f" older than {kept.kept_from}" if kept.expired else "")
+            + f"; deleted {kept.files_deleted} file(s)"
+            + (f", {kept.orphans} of them left by interrupted writes" if kept.orphans else ""))
 
 
 @contextlib.contextmanager
@@ -257,9 +262,8 @@ def cmd_snapshots(args) -> int:
 
 def cmd_maintain(args) -> int:
     with wh.connect() as con:
-        kept = retention.maintain(con, args.keep_runs)
-    print(f"expired {kept.expired} snapshot(s)" + (f" older than {kept.kept_from}" if kept.kept_from else "")
-          + f"; deleted {kept.files_deleted} file(s)")
+        kept = retention.maintain(con, args.keep_runs, args.keep_snapshots, shared=wh.lake_spec().kind != "sqlite")
+    print(_retention_summary(kept))
     return 0
 
 
@@ -296,6 +300,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _retention_options(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,
+                   help=f"{when}keep the snapshots the last N training runs need (default %(default)s)")
+    p.add_argument("--keep-snapshots", type=int, default=retention.DEFAULT_KEEP_SNAPSHOTS,
+                   help="with no training run yet, keep the last N snapshots (default %(default)s)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kalm", description="KaLM-Embedding recipe as a Dagster DAG over a DuckLake.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -306,8 +317,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
     r.add_argument("--full-refresh", action="store_true",
                    help="build incremental SQL models whole instead of recomputing only their changed inputs' rows")
-    r.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS,
-                   help="after a full run, keep the snapshots the last N training runs need (default %(default)s)")
+    _retention_options(r, "after a full run, ")
     _offline(r)
     _common(r)
     r.set_defaults(fn=cmd_run)
@@ -330,8 +340,9 @@ def parser() -> argparse.ArgumentParser:
     _common(n)
     n.set_defaults(fn=cmd_snapshots)
 
-    m = sub.add_parser("maintain", help="expire snapshots no recent training run needs, compact, delete old files")
-    m.add_argument("--keep-runs", type=int, default=retention.DEFAULT_KEEP_RUNS)
+    m = sub.add_parser("maintain", help="expire snapshots no recent training run needs, compact, delete old and "
+                                        "orphaned files (a killed run's)")
+    _retention_options(m, "")
     _common(m)
     m.set_defaults(fn=cmd_maintain)
 

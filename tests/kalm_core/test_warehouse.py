@@ -215,3 +215,44 @@ def test_tables_written_in_one_transaction_change_together(tmp_path):
         assert con.execute("select * from batched.b").fetchall() == [(3,)]
     with warehouse.connect(tmp_path / "lake", at=first - 1) as before:  # one commit: no snapshot holds one alone
         assert not warehouse.exists(before, "batched", "a") and not warehouse.exists(before, "batched", "b")
+
+
+def test_maintain_removes_what_a_killed_writer_left_and_keeps_the_last_snapshots(tmp_path):
+    """kill -9 during a large write leaves data files no snapshot references; maintain deletes exactly those (and the
+    expired snapshots' files), so the folder holds the referenced files alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lake = tmp_path / "lake"
+    with warehouse.connect(lake) as con:
+        for n in range(1, 5):  # four versions of one table: four snapshots besides the schemas'
+            warehouse.write(con, "raw", "small", pl.DataFrame({"i": list(range(n))}))
+    code = ("import sys\nfrom kalm_core import warehouse\nwith warehouse.connect(sys.argv[1]) as con:\n"
+            "    con.execute('set threads = 1')\n"
+            "    con.execute(\"create table raw.big as select i, md5(i::varchar) || repeat('x', 200) as t "
+            "from range(60000000) r(i)\")\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lake)])
+    big = lake / "data" / "raw" / "big"
+    deadline = time.monotonic() + 120
+    while not (big.exists() and any(big.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    on_disk = lambda: {p.name for p in (lake / "data").rglob("*") if p.is_file()}  # noqa: E731
+    left = on_disk()
+    assert any(big.rglob("*")), "the writer was killed before it wrote a file"
+
+    with warehouse.connect(lake) as con:
+        kept = retention.maintain(con, keep_snapshots=2)
+        referenced = {p for (p,) in con.execute(
+            "select path from __ducklake_metadata_lake.ducklake_data_file").fetchall()}
+        assert not warehouse.exists(con, "raw", "big")
+        assert warehouse.count(con, "raw", "small") == 4
+        remaining = [s for (s,) in con.execute("select snapshot_id from lake.snapshots()").fetchall()]
+    assert kept.orphans >= 1 and not [p for p in big.rglob("*") if p.is_file()]  # the killed write's files
+    assert on_disk() == referenced  # the folder is back to the files the catalogue knows
+    assert len(remaining) == 2 and kept.expired > 0
+    assert len(left) - len(on_disk()) == kept.files_deleted
