@@ -12,21 +12,27 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
-import os
 import signal
-import subprocess
 import sys
-import time
 
-import duckdb
+# Ctrl-C while the kalm program starts (its imports take a second or more) ends it quietly, not with an import's
+# traceback; main() puts Python's own handler back before any work. A process that imports this module keeps its own.
+if __name__ == "__main__" or sys.argv[0].endswith("kalm"):
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
 
-from kalm_core import retention, sandbox
-from kalm_core import warehouse as wh
-from kalm_core.locks import LakeBusy
-from kalm_core.catalog import CatalogError, load_catalog
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import csv  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import duckdb  # noqa: E402
+
+from kalm_core import retention, sandbox  # noqa: E402
+from kalm_core import warehouse as wh  # noqa: E402
+from kalm_core.locks import LakeBusy  # noqa: E402
+from kalm_core.catalog import CatalogError, load_catalog  # noqa: E402
 
 
 # nothing from the Hugging Face hub: the bundled model, local paths, MTEB tasks skipped with the reason
@@ -115,6 +121,7 @@ def cmd_run(args) -> int:
     t0 = time.monotonic()
     lake = wh.lake_spec()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
+    start = _snapshot(lake)
     from assets.marts import FULL_REFRESH_TAG
     from assets.resources import INTERRUPTED
 
@@ -124,22 +131,16 @@ def cmd_run(args) -> int:
         result = runner.materialize(defs, inst, keys, observe=not args.stale,  # --stale observed already
                                     tags={FULL_REFRESH_TAG: "true"} if args.full_refresh else None)
     # each table's row count as its step recorded it (a query per table costs ~15 ms of lake catalogue work)
-    counted = {e.asset_key: e.materialization.metadata.get("dagster/row_count")
+    counted = {".".join(e.asset_key.path): e.materialization.metadata.get("dagster/row_count")
                for e in result.get_asset_materialization_events()} if result else {}
-    done = sorted(counted, key=lambda k: k.path)
     failed = [e.step_key for e in result.get_step_failure_events()] if result else []
     if INTERRUPTED.is_set():  # set by the handler or by the progress logger's view of an interrupted step
-        print(f"\nkalm run: interrupted (Ctrl-C) during step {failed[0] if failed else '(between steps)'}; stopped with "
-              f"{len(done)} table(s) materialised and every later step not started", file=sys.stderr)
+        print(f"\nkalm run: interrupted (Ctrl-C) during step {failed[0] if failed else '(between steps)'}; every "
+              "later step was not started", file=sys.stderr)
+    # what the lake holds, not what the steps managed to report: a step interrupted after its commit counts
+    print(_committed_summary(lake, start, counted, time.monotonic() - t0))
+    if INTERRUPTED.is_set():
         return 130
-    print(f"\n{len(done)} table(s) materialised in {time.monotonic() - t0:.1f}s:")
-    with wh.connect(read_only=True) as con:
-        for key in done:
-            layer, name = key.path
-            rows = counted[key].value if counted[key] is not None else wh.count(con, layer, name)
-            print(f"  {layer + '.' + name:<40s} {rows:>9,d} rows")
-        snap = wh.snapshot_id(con)
-    print(f"Lake: {lake.describe()} at snapshot {snap}  (query it with `kalm sql`)")
     if failed:
         print(f"{len(failed)} step(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -155,6 +156,28 @@ def _retention_summary(kept: retention.Retention) -> str:
     return (f"expired {kept.expired} snapshot(s)" + (f" older than {kept.kept_from}" if kept.expired else "")
             + f"; deleted {kept.files_deleted} file(s)"
             + (f", {kept.orphans} of them left by interrupted writes" if kept.orphans else ""))
+
+
+def _snapshot(lake: wh.LakeSpec) -> int | None:
+    """The lake's snapshot before a run (None: no lake yet)."""
+    if not wh.exists_lake(lake):
+        return None
+    with wh.connect(read_only=True) as con:
+        return wh.snapshot_id(con)
+
+
+def _committed_summary(lake: wh.LakeSpec, start: int | None, counted: dict, seconds: float) -> str:
+    """Every table committed since snapshot `start`, with its rows and snapshot, and where the lake now stands."""
+    if not wh.exists_lake(lake):
+        return "\nNothing was committed: the lake was not created."
+    with wh.connect(read_only=True) as con:
+        committed = wh.committed_since(con, start)
+        lines = [f"\n{len(committed)} table(s) committed in {seconds:.1f}s:"]
+        for name, snap in committed:
+            rows = counted[name].value if counted.get(name) is not None else wh.count(con, *name.split(".", 1))
+            lines.append(f"  {name:<40s} {rows:>9,d} rows  (snapshot {snap})")
+        lines.append(f"Lake: {lake.describe()} at snapshot {wh.snapshot_id(con)}  (query it with `kalm sql`)")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -362,6 +385,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, confine: bool = False) -> int:
     """`confine=True` (the `kalm` program) lets `kalm sql` take away its own process's right to write files."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
     args.confine = confine
     try:
@@ -376,6 +400,9 @@ def main(argv: list[str] | None = None, confine: bool = False) -> int:
     except (CatalogError, wh.LakeError, LakeBusy, OSError, ValueError, duckdb.Error) as e:
         print(f"kalm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run's steps (a run reports its own interrupt): a query, an export
+        print("kalm: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 def entry() -> int:

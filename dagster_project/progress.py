@@ -39,6 +39,10 @@ class _ProgressHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "dagster_event", None)
         if event is None:
+            from assets.resources import INTERRUPTED
+
+            if record.levelno >= logging.ERROR and INTERRUPTED.is_set():
+                return  # after Ctrl-C: "dependencies failed, not executing" for every later step says nothing new
             if record.levelno >= logging.ERROR:
                 print(f"  error: {record.getMessage().splitlines()[0]}", file=sys.stderr, flush=True)
             elif record.levelno >= logging.INFO:  # an asset's own context.log lines (training progress, counts)
@@ -55,7 +59,9 @@ class _ProgressHandler(logging.Handler):
                     from assets.resources import INTERRUPTED
 
                     INTERRUPTED.set()
-                print(f"         {_root_cause(error)}", file=sys.stderr, flush=True)
+                    print("         interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+                else:
+                    print(f"         {_root_cause(error)}", file=sys.stderr, flush=True)
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             if not data.passed:

@@ -90,8 +90,11 @@ def stale_keys(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dg.AssetK
 
 def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | None:
     """Dagster's selection syntax (`key:raw/numpy+`, `group:marts`, `*marts/training_pairs`); None = all."""
-    if not selection:
+    if selection is None:
         return None
+    if not selection.strip():
+        raise ValueError("an empty --select selects nothing: leave it out to run the whole DAG, or name assets, "
+                         "e.g. 'key:raw/numpy+'")
     try:
         parsed = dg.AssetSelection.from_string(selection)
     except Exception as e:  # Dagster raises its own error types with a long parser trace: one line is enough

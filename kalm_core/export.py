@@ -18,8 +18,12 @@ def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str =
     """Write layer.name to `out` as FlagEmbedding jsonl; returns the number of lines written.
 
     The file is written under a temporary name and renamed, so a reader never sees half a file; an existing
-    file is replaced only with `overwrite`."""
+    regular file is replaced only with `overwrite`, and nothing else (a device, a FIFO, a link) ever is."""
     out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # the rename would replace the link or the node
+        kind = "a symbolic link" if out.is_symlink() else "a folder" if out.is_dir() else "not a regular file"
+        raise ValueError(f"cannot write {out}: it is {kind} (a device, FIFO or socket is not replaced); give the "
+                         "path of a regular file")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pass --force to overwrite it")
     if any(p.exists() and not p.is_dir() for p in out.parents):

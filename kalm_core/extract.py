@@ -88,6 +88,7 @@ def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int |
     try:
         if fmt == "jsonl":
             n_records = _stage_lines(con, uri)
+            _refuse_json_array(con, src, uri)
             return "jsonl", _jsonl_keys(con, src), {}, n_records
         reader = {
             "parquet": "read_parquet($u)",
@@ -124,6 +125,17 @@ def _stage_lines(con, uri: str) -> int | None:
         {"u": uri, "max": records.MAX_RECORD_BYTES + 16},
     )
     return scan.records if scan is not None else None
+
+
+def _refuse_json_array(con, src: Source, uri: str) -> None:
+    """A .jsonl file that holds one JSON array (`[{...}, {...}]`) is JSON, not JSON Lines: say so, by name."""
+    first = con.execute("select starts_with(ltrim(line), '[') and case when json_valid(line) then "
+                        "coalesce(json_type(json_extract(line, '$[0]')) = 'OBJECT', false) else true end "
+                        "from _kalm_lines where trim(line) <> '' limit 1"
+                        ).fetchall()  # an array spread over lines, or one line holding the objects
+    if first and first[0][0]:
+        raise SourceError(f"source {src.name!r} ({uri}) holds a JSON array, not JSON Lines (one object per line): "
+                          "set `format: json` for it, or write one object per line")
 
 
 def _jsonl_keys(con, src: Source) -> list[str]:

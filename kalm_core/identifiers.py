@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MAX_LENGTH = 63  # PostgreSQL's limit (a shared lake's catalogue), kept for every lake alike
+_IDENT = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{MAX_LENGTH - 1}}}$")
 
 LAYERS = ("raw", "staged", "synthetic", "filtered", "batched", "marts", "training", "evaluation")
 
@@ -14,7 +15,10 @@ class InvalidIdentifier(ValueError):
 
 
 def check_identifier(name: str, what: str = "name") -> str:
-    """Return `name` when it is a plain identifier (letters, digits, underscore; not leading digit)."""
+    """Return `name` when it is a plain identifier (letters, digits, underscore; not leading digit; at most 63)."""
+    if isinstance(name, str) and len(name) > MAX_LENGTH and _IDENT.match(name[:MAX_LENGTH]):
+        raise InvalidIdentifier(f"{what} {name[:20]}... is {len(name)} characters long: at most {MAX_LENGTH} are "
+                                "allowed")
     if not isinstance(name, str) or not _IDENT.match(name):
         raise InvalidIdentifier(
             f"{what} {name!r} is not a plain identifier: use letters, digits and '_' and start with a letter or '_'"

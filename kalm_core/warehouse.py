@@ -50,6 +50,11 @@ class LakeSpec:
         return self.catalog.split(":", 1)[0]
 
     @property
+    def owns_data(self) -> bool:
+        """An embedded lake whose data files are its own folder's `data/`: the folder can be moved or copied whole."""
+        return self.kind == "sqlite" and self.data_path == str(self.home / "data") + "/"
+
+    @property
     def sqlite_file(self) -> Path | None:
         return Path(self.catalog.split(":", 1)[1]) if self.kind == "sqlite" else None
 
@@ -73,7 +78,8 @@ def lake_spec(lake: str | os.PathLike | None = None) -> LakeSpec:
     if "://" in where or where.startswith("sqlite:"):
         raise LakeError(f"KALM_LAKE={where!r}: give a folder (embedded lake) or 'postgres:dbname=... host=...'")
     home = Path(where).resolve()
-    if home.suffix in (".duckdb", ".db", ".jsonl", ".parquet", ".csv", ".sqlite"):
+    if home.suffix in (".duckdb", ".db", ".jsonl", ".parquet", ".csv", ".sqlite") or (home.exists()
+                                                                                      and not home.is_dir()):
         raise LakeError(f"the lake is a folder, not a file: {home} (e.g. data/lake)")
     data = os.environ.get("KALM_LAKE_DATA") or str(home / "data")
     return LakeSpec(f"sqlite:{home / 'catalog.sqlite'}", data.rstrip("/") + "/", home)
@@ -140,6 +146,8 @@ def attach(con, spec: LakeSpec, read_only: bool = False, at: int | None = None) 
     """Attach the lake as `lake` and make it the default catalogue."""
     load_extensions(con, "ducklake", spec.kind if spec.kind != "postgres" else "postgres")
     options = [f"data_path '{_literal(spec.data_path)}'"]
+    if spec.owns_data:  # the catalogue keeps the absolute data path it was made with: a moved lake gives its own
+        options.append("override_data_path true")
     if read_only or at is not None:
         options.append("read_only")
     else:
@@ -224,6 +232,30 @@ def connect(lake: str | os.PathLike | None = None, read_only: bool = False, at: 
 def snapshot_id(con) -> int:
     """The lake's current snapshot: the lineage id recorded with every materialisation."""
     return con.execute(f"select id from {CATALOG}.current_snapshot()").fetchall()[0][0]
+
+
+def committed_since(con, snapshot: int | None) -> list[tuple[str, int]]:
+    """Every table that a commit after `snapshot` created, replaced or changed and that is still there, as
+    (layer.name, the last snapshot that changed it): what a run that stopped part-way left in the lake, whatever its
+    steps managed to report. The catalogue's own tables map DuckLake's table ids back to names."""
+    meta = f"__ducklake_metadata_{CATALOG}"
+    return con.execute(f"""
+        with changed as (
+            select snapshot_id, unnest(coalesce(changes['tables_inserted_into'], [])
+                                       || coalesce(changes['tables_deleted_from'], [])) as table_id
+            from {CATALOG}.snapshots() where snapshot_id > $snap),
+        created as (
+            select snapshot_id, unnest(coalesce(changes['tables_created'], [])) as name
+            from {CATALOG}.snapshots() where snapshot_id > $snap),
+        live as (
+            select t.table_id, s.schema_name || '.' || t.table_name as name
+            from {meta}.ducklake_table t join {meta}.ducklake_schema s using (schema_id)
+            where t.end_snapshot is null and s.end_snapshot is null)
+        select name, max(snapshot_id) as snapshot from (
+            select live.name, snapshot_id from changed join live on live.table_id = changed.table_id::bigint
+            union all
+            select created.name, snapshot_id from created where created.name in (select name from live))
+        group by name order by snapshot, name""", {"snap": -1 if snapshot is None else snapshot}).fetchall()
 
 
 def write(con, layer: str, name: str, frame: pl.DataFrame) -> int:

@@ -105,6 +105,41 @@ def test_export_refuses_to_overwrite_without_force(env, capsys, tmp_path):
     assert len(out.read_text().splitlines()) == 4
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
+    import os
+
+    fifo, link = tmp_path / "pipe", tmp_path / "link.jsonl"
+    os.mkfifo(fifo)
+    link.symlink_to(out)
+    for special in (fifo, link, tmp_path):  # the atomic rename would replace the node or the link itself
+        capsys.readouterr()
+        assert main(["export", str(special), "--force"]) == 2, special
+        assert "regular file" in capsys.readouterr().err
+    assert fifo.is_fifo() and link.is_symlink() and len(out.read_text().splitlines()) == 4
+
+
+def test_the_cli_refuses_what_it_cannot_do_well(env, capsys, tmp_path):
+    import shutil
+
+    assert main(["run", "--select", ""]) == 2
+    assert "empty --select" in capsys.readouterr().err
+    a_file = tmp_path / "somefile"
+    a_file.write_text("x")
+    assert main(["run", "--select", "key:raw/alpha", "--lake", str(a_file)]) == 2
+    assert "a folder, not a file" in capsys.readouterr().err
+    assert a_file.read_text() == "x"
+
+    assert main(["run", "--select", "key:raw/alpha", "--lake", str(env["lake"])]) == 0  # --lake set KALM_LAKE
+    moved = tmp_path / "moved_lake"
+    shutil.copytree(env["lake"], moved)
+    shutil.rmtree(env["lake"])  # the copy reads its own data files, not the old folder's
+    capsys.readouterr()
+    assert main(["sql", "select count(*) from raw.alpha", "--csv", "--lake", str(moved)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["count_star()", "5"]
+
+    (env["catalog"].parent / "sources" / "a.jsonl").write_text('[{"query": "q", "pos": ["p"]}]\n')
+    assert main(["run", "--select", "key:raw/alpha", "--lake", str(moved)]) == 1
+    assert "holds a JSON array, not JSON Lines" in capsys.readouterr().err
+
 
 HOLDING_READER = """
 import sys, time
@@ -164,9 +199,14 @@ def test_ctrl_c_stops_the_whole_run_and_names_the_interrupted_step(env, tmp_path
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 130, out[-2000:] + err[-2000:]
-    assert "kalm run: interrupted (Ctrl-C) during step" in err and "Traceback" not in err.splitlines()[-1]
+    assert "kalm run: interrupted (Ctrl-C) during step" in err and "Traceback" not in err
     with warehouse.connect(read_only=True) as con:
         assert not warehouse.exists(con, "training", "candidate")  # nothing after the interrupt ran
+        in_lake = {f"{s}.{t}" for s, t in con.execute(
+            "select schema_name, table_name from duckdb_tables() where database_name = 'lake'").fetchall()}
+    # the summary names every table the run committed (a fresh lake: every table in it), an interrupted step's too
+    listed = {line.split()[0] for line in out.splitlines() if line.endswith(")") and "(snapshot " in line}
+    assert listed == in_lake and f"{len(in_lake)} table(s) committed" in out
 
 
 def test_sql_session_from_stdin_sees_each_commit_and_outlives_a_refused_query(tmp_path):

@@ -69,3 +69,11 @@ def test_names_equal_ignoring_case_are_refused_naming_both_entries(tmp_path):
     for name in ("Rejects", "SYNTHETIC"):
         with pytest.raises(CatalogError, match=f"source name '{name}' is reserved in any case"):
             load_catalog(_write(tmp_path, f"sources:\n  - {{name: {name}, uri: x.jsonl}}\n"))
+
+
+def test_an_over_long_name_is_refused_naming_the_limit():
+    from kalm_core.identifiers import InvalidIdentifier, check_identifier
+
+    assert check_identifier("a" * 63) == "a" * 63
+    with pytest.raises(InvalidIdentifier, match="200 characters long: at most 63"):
+        check_identifier("a" * 200, "source name")

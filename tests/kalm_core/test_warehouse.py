@@ -256,3 +256,22 @@ def test_maintain_removes_what_a_killed_writer_left_and_keeps_the_last_snapshots
     assert on_disk() == referenced  # the folder is back to the files the catalogue knows
     assert len(remaining) == 2 and kept.expired > 0
     assert len(left) - len(on_disk()) == kept.files_deleted
+
+
+def test_committed_since_names_every_table_changed_after_a_snapshot(tmp_path):
+    lake = tmp_path / "lake"
+    with warehouse.connect(lake) as con:
+        warehouse.write(con, "raw", "a", pl.DataFrame({"i": [1]}))
+        warehouse.write(con, "raw", "b", pl.DataFrame({"i": [1]}))
+        start = warehouse.snapshot_id(con)
+        warehouse.write(con, "raw", "a", pl.DataFrame({"i": [1, 2]}))  # replaced
+        replaced = warehouse.snapshot_id(con)
+        warehouse.write(con, "staged", "c", pl.DataFrame({"i": pl.Series([], dtype=pl.Int64)}))  # new, empty
+        con.execute("create table raw.gone as select 1 as i")
+        con.execute("drop table raw.gone")  # committed, then dropped: not in the lake
+        warehouse.replace_rows(con, "raw.b", "i = 1", "(select 5 as i)")  # changed in place
+        last = warehouse.snapshot_id(con)
+        assert warehouse.committed_since(con, start) == [("raw.a", replaced), ("staged.c", replaced + 1),
+                                                         ("raw.b", last)]
+        assert warehouse.committed_since(con, last) == []
+        assert {n for n, _ in warehouse.committed_since(con, None)} == {"raw.a", "raw.b", "staged.c"}
