@@ -2,7 +2,8 @@
 
 `kalm sql` calls `forbid_writes` after it has attached the lake: from then on the kernel refuses every open for
 writing, truncation, creation, removal and rename of a file outside the few paths named, whatever DuckDB is asked
-to run. A file opened before the call keeps its mode (the catalogue's SQLite connection, stdout). The standard
+to run. A file opened before the call keeps its mode (stdout). It binds the calling thread and the threads started
+after it, not threads already running, so it comes before the DuckDB instance whose pool runs the queries. The standard
 library has no binding, so the three system calls go through ctypes (same numbers on every architecture).
 """
 

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import duckdb
 
@@ -195,7 +195,15 @@ def open_sandbox(lake: str | None = None, at: int | None = None, confine: bool =
     if not warehouse.exists_lake(spec):
         raise FileNotFoundError(f"no lake at {spec.describe()}: run `kalm run` first (or set KALM_LAKE)")
     scratch = tempfile.mkdtemp(prefix="kalm-sql-")  # DuckDB's spill folder
-    keeper = _keeper(scratch, spec) if confine else None
+    keeper = None
+    if confine:
+        keeper = _keeper(scratch, spec)
+        # Landlock binds the calling thread and the threads it starts afterwards, not a DuckDB thread pool that
+        # already runs: confine before the connection (and its pool) exists, its extensions installed beforehand
+        with closing(warehouse.new_connection()) as installer:
+            warehouse.load_extensions(installer, "ducklake", spec.kind)
+        wal = [f"{spec.sqlite_file}-wal", f"{spec.sqlite_file}-shm"] if spec.sqlite_file else []
+        confined = confined or landlock.forbid_writes([scratch, os.devnull, *wal])
     con = warehouse.new_connection(python_enable_replacements=False, temp_directory=scratch)
     try:
         warehouse.attach(con, spec, read_only=True, at=at)
@@ -204,9 +212,6 @@ def open_sandbox(lake: str | None = None, at: int | None = None, confine: bool =
         con.execute("set allowed_directories = $dirs", {"dirs": [os.path.abspath(d) + "/" for d in allowed]})
         con.execute("set enable_external_access = false")
         con.execute("set lock_configuration = true")
-        if confine:
-            wal = [f"{spec.sqlite_file}-wal", f"{spec.sqlite_file}-shm"] if spec.sqlite_file else []
-            confined = confined or landlock.forbid_writes([scratch, os.devnull, *wal])
         yield con
     finally:
         con.close()
