@@ -5,7 +5,7 @@
   kalm sql "QUERY"|- [--csv] [--at SNAPSHOT]                   query the lake read-only (as of a snapshot);
                                                                '-': a session reading queries from stdin
   kalm snapshots                                               the lake's snapshots (each materialisation is one)
-  kalm maintain [--keep-runs N] [--keep-snapshots N]           expire old snapshots, compact, delete old and orphaned files
+  kalm maintain [--keep-runs N] [--keep-snapshots N]           expire old snapshots, delete old and orphaned files
   kalm sources                                                 the catalogue with row counts
   kalm export --format flagembedding OUT.jsonl [--force]       write the curated pairs
 """
@@ -265,10 +265,11 @@ def cmd_sql(args) -> int:
         return 0
     # a session: the lake is attached once and every query sees the last committed snapshot (or --at)
     failed = 0
+    data_path = wh.lake_spec().data_path
     with sandbox.open_sandbox(at=args.at, confine=args.confine) as con:
         for query in _stdin_queries(sys.stdin):
             try:
-                _show(con, sandbox.check_statements(query, wh.lake_spec().data_path), args.csv)
+                _show(con, sandbox.check_statements(query, data_path), args.csv)
             except (sandbox.ReadOnlyQuery, duckdb.Error) as e:
                 failed += 1
                 print(f"kalm: error: {e}", file=sys.stderr, flush=True)

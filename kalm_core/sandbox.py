@@ -56,16 +56,21 @@ def _parser() -> duckdb.DuckDBPyConnection:
     return _PARSER
 
 
-def _functions(node):
+def _nodes(tree):
+    """Every object node of a serialised statement tree, depth first."""
+    if isinstance(tree, dict):
+        yield tree
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for value in tree:
+            yield from _nodes(value)
+
+
+def _functions(tree):
     """Every function call in a serialised statement tree, as (qualifier, name)."""
-    if isinstance(node, dict):
+    for node in _nodes(tree):
         if node.get("class") == "FUNCTION" and "function_name" in node:
             yield (node.get("catalog") or node.get("schema") or "").lower(), node["function_name"].lower()
-        for value in node.values():
-            yield from _functions(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _functions(value)
 
 
 def _is_file_reader(name: str) -> bool:
@@ -82,20 +87,15 @@ def _paths(node) -> list[str] | None:
     return None
 
 
-def _file_reads(node):
+def _file_reads(tree):
     """Every file a serialised statement reads: (what, its paths or None when they are not constants)."""
-    if isinstance(node, dict):
+    for node in _nodes(tree):
         if node.get("class") == "FUNCTION" and _is_file_reader(node.get("function_name", "").lower()):
             args = [c for c in node["children"] if not c.get("alias")]  # named options carry an alias
             yield node["function_name"], _paths(args[0]) if args else None
         elif node.get("type") == "BASE_TABLE" and not node.get("schema_name") and \
                 any(c in node.get("table_name", "") for c in "./\\"):
             yield "FROM", [node["table_name"]]  # a replacement scan: FROM 'file.parquet'
-        for value in node.values():
-            yield from _file_reads(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _file_reads(value)
 
 
 def _under(path: str, folder: str) -> bool:
@@ -154,7 +154,8 @@ def check_statements(sql: str, data_path: str | None = None) -> list:
                                     "statement and is refused; EXPLAIN SELECT ... shows the plan")
             check_select(st.query[tokens[1][0]:], data_path, "EXPLAIN's statement")
         elif st.type == duckdb.StatementType.SET and words == ["SET", "VARIABLE"] and len(tokens) > 4:
-            check_select("select " + st.query[tokens[4][0]:], data_path, "variable's value")  # SET VARIABLE name =|TO value
+            # SET VARIABLE name =|TO value: the value is checked as the SELECT that computes it
+            check_select("select " + st.query[tokens[4][0]:], data_path, "variable's value")
         else:
             raise ReadOnlyQuery(f"kalm sql is read-only: {words[0] if words else st.type.name} statements are "
                                 "refused (only SELECT, EXPLAIN and SET VARIABLE run). Change tables through the "
@@ -173,9 +174,9 @@ shutil.rmtree(sys.argv[1], ignore_errors=True)
 
 
 def _keeper(scratch: str, spec: warehouse.LakeSpec) -> subprocess.Popen:
-    """A helper process, not confined, that holds the SQLite catalogue open until this process exits (its stdin
-    closes), then removes the scratch folder (its parent is not ours to write). While any connection is open SQLite keeps the
-    catalogue's -wal and -shm files, which a confined reader could not make again."""
+    """A helper process, not confined, that holds the SQLite catalogue open until this process exits (its
+    stdin closes), then removes the scratch folder (its parent is not ours to write). While any connection is open
+    SQLite keeps the catalogue's -wal and -shm files, which a confined reader could not make again."""
     keeper = subprocess.Popen([sys.executable, "-c", _KEEPER, scratch, str(spec.sqlite_file or "")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     keeper.stdout.readline()  # connected: the WAL files exist

@@ -153,7 +153,8 @@ def test_the_confined_process_cannot_write_even_what_the_parser_missed(lake, tmp
     assert all("Permission denied" in line for line in lines[0:-1:3])
     assert lines[-1] == "3"
     after = _files(lake)
-    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)}  # the expired version's files, scheduled for deletion, are all still there
+    # the expired version's files, scheduled for deletion, are all still there
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)}
     assert not (data / "x.csv").exists()
     assert not list(scratch.iterdir())  # the spill folder is removed by the helper, outside the confinement
 
