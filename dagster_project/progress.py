@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 
@@ -49,6 +50,8 @@ class _ProgressHandler(logging.Handler):
                 print(f"        {record.getMessage().split(' - ')[-1]}", flush=True)
             return
         kind = event.event_type_value
+        if kind == "LOGS_CAPTURED":  # the capture's child processes exist: Ctrl-C may reach us now (runner.py)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if kind in _SHOWN:
             self.done += 1
             elapsed = time.monotonic() - self.t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -142,5 +143,14 @@ def materialize(defs: dg.Definitions, inst: dg.DagsterInstance, keys: list[dg.As
     if observe:
         observe_sources(defs, inst)
     job = defs.resolve_job_def(ALL_JOB)
-    return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False, run_config=PROGRESS,
-                                  tags={**(tags or {}), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    # Dagster's compute-log capture starts `tail` and a Python watcher per stream in this process group, so a Ctrl-C
+    # reaches them too and each watcher printed a KeyboardInterrupt traceback. A child inherits a blocked SIGINT:
+    # it stays blocked until the capture has started (the progress logger unblocks it on LOGS_CAPTURED), and a
+    # Ctrl-C meanwhile is held pending, not lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return job.execute_in_process(instance=inst, asset_selection=keys, raise_on_error=False,
+                                      run_config=PROGRESS, tags={**(tags or {}), HOST_TAG: socket.gethostname(),
+                                                                 PID_TAG: str(os.getpid())})
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

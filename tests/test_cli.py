@@ -192,11 +192,11 @@ def test_ctrl_c_stops_the_whole_run_and_names_the_interrupted_step(env, tmp_path
     profile.write_text(json.dumps(asdict(TINY), default=list))
     run = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "run"], cwd=ROOT,
                            env={**os.environ, "KALM_PROFILE": str(profile)}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in run.stdout:  # the first finished step: the run is in the middle of its plan
         if " ok " in line:
             break
-    run.send_signal(signal.SIGINT)
+    os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group, Dagster's helpers too
     out, err = run.communicate(timeout=120)
     assert run.returncode == 130, out[-2000:] + err[-2000:]
     assert "kalm run: interrupted (Ctrl-C) during step" in err and "Traceback" not in err
