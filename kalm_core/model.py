@@ -35,7 +35,9 @@ def format_query(query: str, instruction: str | None, template: str = ModelConfi
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, left_padded: bool = False) -> torch.Tensor:
-    """(B, T, H), (B, T) -> (B, H)."""
+    """(B, T, H), (B, T) -> (B, H), in fp32 whatever the hidden states' dtype: a bf16 sum over hundreds of tokens
+    loses the digits the scores are made of."""
+    hidden = hidden.float()
     if mode == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
@@ -95,7 +97,7 @@ class Embedder(torch.nn.Module):
         emb = pool(hidden, attention_mask, self.config.pooling, self.tokenizer.padding_side == "left")  # (B, H)
         if self.projection is not None:
             emb = self.projection(emb.to(self.projection.weight.dtype))  # (B, H) -> (B, H)
-        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+        return F.normalize(emb.float(), dim=-1) if self.config.normalize else emb
 
     @torch.no_grad()
     def init_pca_projection(self, texts: list[str], batch_size: int = 64) -> None:
@@ -205,7 +207,7 @@ class Embedder(torch.nn.Module):
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last_token": "lasttoken"}  # ours -> sentence-transformers'
 
 
-COLLECT_ROWS = 65536  # embeddings held on the device before one copy to the host (~117 MB at 896 dims in bf16)
+COLLECT_ROWS = 65536  # embeddings held on the device before one copy to the host (~235 MB at 896 dims, fp32)
 
 
 def _collect(out: np.ndarray, pending: list[tuple[np.ndarray, torch.Tensor]]) -> None:

@@ -62,8 +62,8 @@ class MatryoshkaLoss(torch.nn.Module):
         q, p = self.inner.gather(q, p)  # once, at full dimension
         total = q.new_zeros((), dtype=torch.float32)
         for d, w in zip(self.dims, self.weights):
-            qd = F.normalize(q[:, :d], dim=-1)  # (N, d)
-            pd = F.normalize(p[:, :d], dim=-1)  # (N * G, d)
+            qd = F.normalize(q[:, :d].float(), dim=-1)  # (N, d), fp32 like the scores
+            pd = F.normalize(p[:, :d].float(), dim=-1)  # (N * G, d)
             total = total + w * self.inner.score(qd, pd)
         return total
 

@@ -53,3 +53,49 @@ def test_bad_temperature_and_groups_are_refused():
         InfoNCELoss(0.0)
     with pytest.raises(ValueError, match="do not split"):
         InfoNCELoss().compute_loss_from_embeddings(emb(3, 4, 0), emb(7, 4, 1))
+
+
+def _float64_reference(q, p, dims, weights, tau):
+    """MatryoshkaLoss(InfoNCE) written out in float64, no autocast."""
+    q, p = q.double(), p.double()
+    n, group = q.size(0), p.size(0) // q.size(0)
+    total = 0.0
+    for d, w in zip(dims, weights):
+        logits = F.normalize(q[:, :d], dim=-1) @ F.normalize(p[:, :d], dim=-1).T / tau
+        total = total + w * F.cross_entropy(logits, torch.arange(n) * group)
+    return total
+
+
+def test_the_scores_run_in_fp32_under_bf16_autocast_and_match_float64():
+    """At tau = 0.01 a bf16 score matmul moves each logit by up to ~0.2: the loss and its gradient must come from
+    fp32 scores even inside the trainer's bf16 autocast. Tolerance: 1e-4 relative on the loss, cosine 0.9999 on the
+    gradient (with the bf16 matmul of before: 1.4e-3 and 0.9985 here)."""
+    dims, weights, tau = (64, 32, 16), (1.0, 0.3, 0.2), 0.01
+    # near-duplicate passages: scores close to each other, where rounding decides the softmax
+    base = emb(16, 64, 4)
+    q = (base + 0.05 * emb(16, 64, 5)).requires_grad_()
+    p = torch.cat([base + 0.05 * emb(16, 64, 6 + k) for k in range(4)]).view(4, 16, 64).transpose(0, 1).reshape(64, 64)
+    mrl = MatryoshkaLoss(InfoNCELoss(tau), dims=dims, weights=weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mrl.compute_loss_from_embeddings(q, p)
+    assert loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(loss, q)
+
+    q64 = q.detach().double().requires_grad_()
+    reference = _float64_reference(q64, p, dims, weights, tau)
+    (grad64,) = torch.autograd.grad(reference, q64)
+    assert abs(loss.item() - reference.item()) <= 1e-4 * reference.item()
+    assert F.cosine_similarity(grad.double().flatten(), grad64.flatten(), dim=0) > 0.9999
+
+
+def test_pooling_and_normalisation_run_in_fp32():
+    from kalm_core.model import pool
+
+    g = torch.Generator().manual_seed(7)
+    hidden = (1 + 0.01 * torch.randn(2, 512, 48, generator=g)).to(torch.bfloat16)  # long rows of similar states
+    mask = torch.ones(2, 512, dtype=torch.long)
+    mask[1, 300:] = 0
+    pooled = pool(hidden, mask, "mean")
+    expected = torch.stack([hidden[0].double().mean(0), hidden[1, :300].double().mean(0)])
+    assert pooled.dtype == torch.float32
+    assert torch.allclose(pooled.double(), expected, rtol=1e-6, atol=0)
