@@ -93,6 +93,9 @@ class TrainConfig:
 
     temperature: float = 0.05
     group_size: int = 8  # 1 positive + (group_size - 1) hard negatives
+    # False-negative masking (Qwen3-Embedding, gte): an in-batch candidate scoring above the query's positive by
+    # more than this cosine margin leaves that query's softmax; None: off. Counted per step in the train log.
+    mask_false_negatives: float | None = None
     dims: tuple[int, ...] = (384, 256, 128, 64)
     dim_weights: tuple[float, ...] = (1.0, 0.3, 0.2, 0.1)
     lr: float = 2e-5

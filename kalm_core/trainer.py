@@ -108,7 +108,8 @@ def compile_layers(model: torch.nn.Module) -> int:
 
 def build_loss(tcfg: TrainConfig, hidden_size: int) -> MatryoshkaLoss:
     """Validated before any step: dims within the hidden size, one weight per dim."""
-    return MatryoshkaLoss(InfoNCELoss(tcfg.temperature), tcfg.dims, tcfg.dim_weights, hidden_size=hidden_size)
+    return MatryoshkaLoss(InfoNCELoss(tcfg.temperature, false_negative_margin=tcfg.mask_false_negatives),
+                          tcfg.dims, tcfg.dim_weights, hidden_size=hidden_size)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -224,6 +225,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
         record = {"event": "step", "step": step + 1, "total": total, "loss": value, "lr": scheduler.get_last_lr()[0],
                   "t": elapsed, "pairs": len(q_ids) * world, "tokens": (q_tok + p_tok) * world,
                   "pairs_per_s": pairs_done / elapsed, "tokens_per_s": tokens_done / elapsed}
+        if loss_fn.last_masked is not None:  # false negatives masked at full dimension (global batch under DDP)
+            record["masked_false_negatives"] = int(loss_fn.last_masked)
         if rank == 0:
             log(record)
             with log_path.open("a") as f:

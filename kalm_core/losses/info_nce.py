@@ -17,6 +17,8 @@ class InfoNCELoss(torch.nn.Module):
         temperature: tau; KaLM uses 0.01 for Qwen2, 0.05 suits MiniLM (which was trained at scale 20).
         cross_device: gather queries and passages from every rank (all_gather keeping local gradients), so each
             query also sees the other devices' passages as negatives.
+        false_negative_margin: None (off), or mask out of a query's softmax every candidate whose cosine exceeds
+            its positive's by more than this (0.1 in Qwen3-Embedding); `last_masked` counts them.
 
     References:
         KaLM-Embedding, arXiv 2501.01028, recipe (1) "in-batch + hard negatives"; van den Oord et al. 2018 (InfoNCE).
@@ -36,12 +38,15 @@ class InfoNCELoss(torch.nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, temperature: float = 0.01, cross_device: bool = True):
+    def __init__(self, temperature: float = 0.01, cross_device: bool = True,
+                 false_negative_margin: float | None = None):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
         self.cross_device = cross_device
+        self.false_negative_margin = false_negative_margin
+        self.last_masked: torch.Tensor | None = None  # candidates masked in the last call (a tensor: no sync)
 
     def gather(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every rank's queries and passages, local slices keeping their gradient."""
@@ -57,14 +62,26 @@ class InfoNCELoss(torch.nn.Module):
         # fp32 even under bf16 autocast: at tau = 0.01 a bf16 cosine near 0.8 is off by up to ~0.002, i.e. 0.2 in the
         # logit, the size of the differences the loss learns from
         with torch.autocast(q.device.type, enabled=False):
-            logits = q.float() @ p.float().T / self.temperature  # (N, N * G)
+            scores = q.float() @ p.float().T  # (N, N * G) cosines
             target = torch.arange(n, device=q.device) * group  # (N,) each query's positive
-            loss = F.cross_entropy(logits, target)
+            if self.false_negative_margin is not None:
+                scores = self.mask_false_negatives(scores, target)
+            loss = F.cross_entropy(scores / self.temperature, target)
         if self.cross_device and distributed():
             # Every rank computes the same global loss but backpropagates only into its own shard; DDP averages
             # gradients over ranks, so scaling by the world size gives exactly the global-batch gradient.
             loss = loss * dist.get_world_size()
         return loss
+
+    def mask_false_negatives(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Qwen3-Embedding's and gte's rule: a candidate that scores above the query's positive by more than the
+        margin is most likely another answer to the query, not a negative; it leaves the query's softmax."""
+        rows = torch.arange(scores.size(0), device=scores.device)
+        positive = scores[rows, target].detach()  # (N,)
+        masked = scores.detach() > (positive + self.false_negative_margin)[:, None]  # (N, N * G)
+        masked[rows, target] = False
+        self.last_masked = masked.sum()
+        return scores.masked_fill(masked, float("-inf"))
 
     def compute_loss_from_embeddings(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return self.score(*self.gather(q, p))
@@ -73,7 +90,8 @@ class InfoNCELoss(torch.nn.Module):
         return self.compute_loss_from_embeddings(model(**q_features), model(**p_features))
 
     def get_config_dict(self) -> dict:
-        return {"temperature": self.temperature, "cross_device": self.cross_device}
+        return {"temperature": self.temperature, "cross_device": self.cross_device,
+                "false_negative_margin": self.false_negative_margin}
 
     @property
     def citation(self) -> str:

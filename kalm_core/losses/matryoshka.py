@@ -55,6 +55,7 @@ class MatryoshkaLoss(torch.nn.Module):
             raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
         order = sorted(range(len(dims)), key=lambda i: -dims[i])
         self.inner = inner
+        self.last_masked = None  # the inner loss's masked false negatives at full dimension, last call
         self.dims = tuple(dims[i] for i in order)
         self.weights = tuple(weights[i] for i in order)
 
@@ -65,6 +66,8 @@ class MatryoshkaLoss(torch.nn.Module):
             qd = F.normalize(q[:, :d].float(), dim=-1)  # (N, d), fp32 like the scores
             pd = F.normalize(p[:, :d].float(), dim=-1)  # (N * G, d)
             total = total + w * self.inner.score(qd, pd)
+            if d == self.dims[0]:
+                self.last_masked = getattr(self.inner, "last_masked", None)  # at full dimension
         return total
 
     def forward(self, model, q_features: dict, p_features: dict) -> torch.Tensor:

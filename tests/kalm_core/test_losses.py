@@ -99,3 +99,28 @@ def test_pooling_and_normalisation_run_in_fp32():
     expected = torch.stack([hidden[0].double().mean(0), hidden[1, :300].double().mean(0)])
     assert pooled.dtype == torch.float32
     assert torch.allclose(pooled.double(), expected, rtol=1e-6, atol=0)
+
+
+def test_false_negative_masking_removes_a_planted_false_negative_and_only_it():
+    """Every query sits near its positive (cosine ~0.95). Query 1's positive is planted as a near copy of query 0:
+    for query 0 it scores above query 0's own positive by more than the margin, so it leaves query 0's softmax, and
+    no other candidate leaves any softmax."""
+    p = emb(8, 32, 11).clone()  # group size 2: positives at rows 0, 2, 4, 6
+    q = F.normalize(p[0::2] + 0.3 * emb(4, 32, 12), dim=-1)
+    p[2] = F.normalize(q[0] + 0.01 * emb(1, 32, 13)[0], dim=0)  # the plant: query 1's positive answers query 0
+    q[1] = F.normalize(p[2] + 0.3 * emb(1, 32, 14)[0], dim=0)
+    scores = q @ p.T
+    assert scores[0, 2] > scores[0, 0] + 0.02
+    masked = InfoNCELoss(0.05, false_negative_margin=0.02)
+    loss = masked.compute_loss_from_embeddings(q, p)
+    assert int(masked.last_masked) == 1
+
+    logits = scores / 0.05
+    logits[0, 2] = float("-inf")  # exactly the plant, for query 0 only
+    expected = F.cross_entropy(logits, torch.tensor([0, 2, 4, 6]))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert not torch.allclose(InfoNCELoss(0.05).compute_loss_from_embeddings(q, p), expected, atol=1e-3)
+
+    mrl = MatryoshkaLoss(InfoNCELoss(0.05, false_negative_margin=0.02), dims=(32, 16), weights=(1.0, 0.5))
+    mrl.compute_loss_from_embeddings(q, p)
+    assert int(mrl.last_masked) == 1  # counted at full dimension

@@ -181,3 +181,19 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_qwen2_dir):
     (eager, g_eager), (comp, g_comp) = results
     assert torch.allclose(eager, comp, atol=1e-5) and g_eager.keys() == g_comp.keys()
     assert max((g_eager[k] - g_comp[k]).abs().max().item() for k in g_eager) <= 1e-4
+
+
+def test_false_negative_masking_reaches_the_loss_and_is_counted_per_step(tmp_path, tiny_bert_dir, capsys):
+    """A margin of -2 masks every in-batch candidate but the positive (cosines are above the positive - 2): the
+    loss is exactly 0 and each step logs B * (B * G - 1) masked; +2 masks none."""
+    snap = batch_snapshot(tmp_path / "b.parquet")
+    logged = {}
+    for margin in (-2.0, 2.0):
+        cfg = config(tmp_path, tiny_bert_dir, mask_false_negatives=margin, checkpoint_every=0)
+        out = tmp_path / f"out{margin}"
+        code, text = run(["--snapshot", snap, "--config", cfg, "--output", out, "--max-steps", 2], capsys)
+        assert code == 0, text
+        logged[margin] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    for step in logged[-2.0]:
+        assert step["loss"] == 0.0 and step["masked_false_negatives"] == step["pairs"] * (step["pairs"] * 4 - 1)
+    assert all(s["loss"] > 0 and s["masked_false_negatives"] == 0 for s in logged[2.0])
