@@ -80,7 +80,9 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         out = pairs.with_columns(pos_rank=pl.lit(None, pl.Int64), pos_score=pl.lit(None, pl.Float32),
                                  kept=pl.lit(None, pl.Boolean), reason=pl.lit(None, pl.Utf8),
                                  n_given_negatives=pl.lit(None, pl.Int32), n_mined_negatives=pl.lit(None, pl.Int32),
-                                 n_filled_negatives=pl.lit(None, pl.Int32), is_filled=pl.lit(None, pl.Boolean))
+                                 n_filled_negatives=pl.lit(None, pl.Int32),
+                                 n_window_candidates=pl.lit(None, pl.Int32), n_margin_dropped=pl.lit(None, pl.Int32),
+                                 is_filled=pl.lit(None, pl.Boolean))
         stats = {}
     else:
         model = resolve_model_path(profile.filter.model or profile.model.base_model)

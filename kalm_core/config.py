@@ -160,7 +160,8 @@ PROFILES: dict[str, Profile] = {
     "kalm-mini": Profile(
         name="kalm-mini",
         model=ModelConfig(base_model="Qwen/Qwen2-0.5B", pooling="mean", query_max_len=512, passage_max_len=512),
-        filter=FilterConfig(n_negatives=7),
+        # NV-Retriever's positive-aware margin: +4.5 nDCG@10 on BEIR over naive top-k in their ablation
+        filter=FilterConfig(n_negatives=7, margin=0.95),
         batch=BatchConfig(per_device_batch=48),
         train=TrainConfig(temperature=0.01, group_size=8, dims=(896, 512, 256, 128, 64),
                           dim_weights=(1.0, 0.3, 0.2, 0.1, 0.1), lr=1e-5, warmup_ratio=0.1, bf16=True,

@@ -114,6 +114,8 @@ def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig
         pl.Series("n_given_negatives", [m.n_given for m in mined], dtype=pl.Int32),
         pl.Series("n_mined_negatives", [m.n_mined for m in mined], dtype=pl.Int32),
         pl.Series("n_filled_negatives", [m.n_filled for m in mined], dtype=pl.Int32),
+        pl.Series("n_window_candidates", [m.n_window for m in mined], dtype=pl.Int32),
+        pl.Series("n_margin_dropped", [m.n_margin_dropped for m in mined], dtype=pl.Int32),
         pl.Series("is_filled", [m.n_filled > 0 for m in mined], dtype=pl.Boolean),
     )
     stats = FilterStats(

@@ -18,7 +18,8 @@ class Mined:
     n_given: int
     n_mined: int
     n_filled: int
-    n_margin_dropped: int
+    n_margin_dropped: int  # distinct texts of the window the margin removed
+    n_window: int  # candidates in the mining window before the margin
 
 
 def _rng(seed: int, key: str) -> random.Random:
@@ -47,6 +48,7 @@ def mine_negatives(key: str, given: list[str], window: list[tuple[int, float]], 
     chosen = list(dict.fromkeys(g for g in given if g not in excluded_texts))[:n]
     n_given = len(chosen)
     too_close: set[str] = set()  # likely false negatives: never mined, never filled
+    n_window = len(window)
     if margin is not None:
         too_close = {texts[c] for c, s in window if s > margin * pos_score}
         window = [(c, s) for c, s in window if s <= margin * pos_score]
@@ -68,4 +70,4 @@ def mine_negatives(key: str, given: list[str], window: list[tuple[int, float]], 
                     chosen.append(t)
                     taken.add(t)
                     n_filled += 1
-    return Mined(chosen, n_given, len(mined), n_filled, len(too_close))
+    return Mined(chosen, n_given, len(mined), n_filled, len(too_close), n_window)

@@ -81,6 +81,7 @@ def test_the_margin_excludes_a_near_duplicate_of_the_positive():
     plain = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=2, margin=None, seed=1)
     margin = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=4, margin=0.95, seed=1)
     assert margin.n_margin_dropped == 1 and "near dup" not in margin.negatives
+    assert margin.n_window == plain.n_window == 4  # the share the margin removed: 1 of 4 candidates
     assert margin.n_mined == 3 and margin.n_filled == 0  # not even the random fill brings it back
     assert plain.n_margin_dropped == 0 and set(plain.negatives) <= {"near dup", "far a", "far b", "far c"}
     always = [mine_negatives(f"k{i}", [], cands, 1.0, texts, {0, 5}, n=4, seed=i) for i in range(5)]
@@ -267,3 +268,28 @@ def test_a_source_with_no_pairs_filters_to_no_rows():
     out, stats = filter_source(empty, Zeros(), FilterConfig(n_negatives=3))
     assert out.height == 0 and out.schema["negatives"] == pl.List(pl.Utf8) and "pos_rank" in out.columns
     assert stats.kept == 0 and stats.median_pos_rank is None
+
+
+def test_the_negatives_report_shows_the_share_of_candidates_the_margin_removed(tmp_path, con):
+    """Per row, the window's candidates and the margin's drops reach the filtered table; marts.negatives_report sums
+    them per source (its invariant: no more dropped than seen)."""
+    from kalm_core import warehouse
+    from kalm_core.sql_models import discover, run_model
+
+    pairs, enc = planted()
+    pairs = pairs.with_columns(source=pl.lit("planted"))
+    # planted documents are random (cosines near 0): a margin of 0.1 x the positive is what removes some here
+    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3, margin=0.1))
+    plain, _ = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    assert int(out["n_margin_dropped"].sum()) == stats.margin_dropped
+    assert (out["n_window_candidates"] == plain["n_window_candidates"]).all()
+    assert int(plain["n_margin_dropped"].sum()) == 0
+    warehouse.write(con, "filtered", "planted", out)
+    model = next(m for m in discover() if m.name == "negatives_report")
+    run_model(con, model, {"filtered": ["planted"]})
+    row = con.execute("select window_candidates, margin_dropped, margin_dropped_fraction "
+                      "from marts.negatives_report").fetchall()
+    kept = out.filter(pl.col("kept"))
+    assert 0 < int(kept["n_margin_dropped"].sum()) < int(kept["n_window_candidates"].sum())
+    assert row == [(int(kept["n_window_candidates"].sum()), int(kept["n_margin_dropped"].sum()),
+                    round(int(kept["n_margin_dropped"].sum()) / int(kept["n_window_candidates"].sum()), 4))]
