@@ -12,7 +12,7 @@ from kalm_core.versions import code_version
 CODE_VERSION_TAG, DATA_VERSION_TAG = "dagster/code_version", "dagster/data_version"
 PROFILE_TAG = "kalm/profile"  # on every materialisation of a table the profile shapes: which profile built it
 
-MODEL = ("kalm_core.model", "kalm_core.device")
+MODEL = ("kalm_core.model", "kalm_core.device", "kalm_core.prompts")  # prompts: the instruction policy
 LAYER_CODE: dict[str, tuple[str, ...]] = {
     "raw": ("assets.raw", "kalm_core.extract", "kalm_core.records", "kalm_core.python_docs"),
     "staged": ("assets.staged", "kalm_core.staging", "kalm_core.pairs"),
@@ -24,6 +24,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot"),
     "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
                  "kalm_core.memory_budget", "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka",
+                 "kalm_core.losses.gather",
                  "kalm_core.checkpoint", *MODEL),
     "evaluation": ("assets.evaluation", "kalm_core.evaluation", *MODEL),
 }

@@ -15,7 +15,7 @@ import polars as pl
 
 from kalm_core.config import ModelConfig
 from kalm_core.snapshot import SNAPSHOT_COLUMNS
-from kalm_core.model import format_query
+from kalm_core.prompts import instructed_query
 
 REQUIRED = SNAPSHOT_COLUMNS  # the snapshot's contract is defined once, where it is written
 
@@ -72,8 +72,7 @@ def load_batches(path: str | Path, group_size: int, world_size: int = 1,
             if need and not negs:
                 raise BatchFileError(f"batch {bid}: a row has no negatives but the group size is {group_size}")
             negs = [negs[i % len(negs)] for i in range(need)] if need else []  # a short row repeats its own
-            instr = r["instruction"] if r["task_type"] != "sts" else None  # symmetric tasks: no instruction
-            queries.append(format_query(r["query"], instr, template))
+            queries.append(instructed_query(r["query"], r["task_type"], r["instruction"], template))
             passages += [r["positive"], *negs]
         positives = passages[::group_size]
         if len(set(positives)) != len(positives):

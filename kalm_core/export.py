@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from kalm_core.identifiers import table
+from kalm_core.prompts import NO_INSTRUCTION_TASK_TYPES
 
 FORMATS = ("flagembedding",)
 
@@ -31,7 +32,9 @@ def export_flagembedding(con, out: str | Path, layer: str = "marts", name: str =
                          "is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     src = table(layer, name)
-    query = (f"select query, [positive] as pos, negatives as neg, instruction as prompt, task_type as type "
+    bare = ", ".join(f"'{t}'" for t in NO_INSTRUCTION_TASK_TYPES)  # the one instruction policy (prompts.py)
+    query = (f"select query, [positive] as pos, negatives as neg, "
+             f"case when task_type in ({bare}) then null else instruction end as prompt, task_type as type "
              f"from {src} order by pair_id")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

@@ -14,11 +14,12 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from kalm_core.config import FilterConfig
+from kalm_core.config import FilterConfig, ModelConfig
 from kalm_core.device import token_budget
 from kalm_core.embedding_cache import EmbeddingCache
 from kalm_core.mining import mine_negatives
 from kalm_core.model import Embedder
+from kalm_core.prompts import instructed_query
 from kalm_core.ranking_consistency import Corpus, Window, keep_decision, rank_positives
 
 
@@ -80,17 +81,22 @@ class FilterStats:
 
 
 def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig,
-                  pool: list[str] | None = None) -> tuple[pl.DataFrame, FilterStats]:
-    """pairs: staged rows (pair_id, query, positive, negatives, ...) -> the same rows with pos_rank, pos_score,
-    kept, reason, the final negatives and mining counts."""
+                  pool: list[str] | None = None,
+                  template: str = ModelConfig.query_template) -> tuple[pl.DataFrame, FilterStats]:
+    """pairs: staged rows (pair_id, query, positive, negatives, task_type, instruction, ...) -> the same rows with
+    pos_rank, pos_score, kept, reason, the final negatives and mining counts. Each query is ranked as the trainer
+    will see it: with its instruction in the template, by the one instruction policy (kalm_core.prompts)."""
     queries, positives = pairs["query"].to_list(), pairs["positive"].to_list()
+    column = lambda name: pairs[name].to_list() if name in pairs.columns else [None] * pairs.height  # noqa: E731
+    asked = [instructed_query(q, t, i, template) for q, t, i in zip(queries, column("task_type"),
+                                                                      column("instruction"))]
     given = [list(n) for n in pairs["negatives"].to_list()]
     corpus = Corpus.build(positives, given, pool)
     window = Window.for_corpus(len(corpus), cfg)
 
-    unique_q = list(dict.fromkeys(queries))
+    unique_q = list(dict.fromkeys(asked))
     q_row = {q: i for i, q in enumerate(unique_q)}
-    q_emb = encoder.queries(unique_q)[[q_row[q] for q in queries]]  # (P, D)
+    q_emb = encoder.queries(unique_q)[[q_row[q] for q in asked]]  # (P, D)
     c_emb = encoder.passages(corpus.texts)  # (C, D)
 
     pos_ids = np.array([corpus.ids[p] for p in positives], dtype=np.int64)

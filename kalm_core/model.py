@@ -21,17 +21,13 @@ from transformers import AutoModel, AutoTokenizer
 
 from kalm_core.config import ModelConfig, resolve_model_path
 from kalm_core.grad_cache import pad
+from kalm_core.prompts import format_query
 
 POOLINGS = ("mean", "last_token", "cls")
 
 
 class ModelLoadError(FileNotFoundError):
     """A model path that does not exist or does not hold a model."""
-
-
-def format_query(query: str, instruction: str | None, template: str = ModelConfig.query_template) -> str:
-    """KaLM's query text; no instruction means the bare query (symmetric tasks, untrained bases)."""
-    return template.format(instruction=instruction, query=query) if instruction else query
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, left_padded: bool = False) -> torch.Tensor:

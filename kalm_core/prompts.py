@@ -12,7 +12,26 @@ from __future__ import annotations
 
 from kalm_core.config import ModelConfig
 
-NO_INSTRUCTION_TYPES = ("STS", "PairClassification", "Summarization")  # as mteb's KALMWrapper.encode
+# The one instruction policy (training, curation, export, evaluation): these symmetric task types get none, as in
+# mteb's KALMWrapper.encode; mteb's type names, then ours (the catalogue's task_type: sts, pair_classification, ...)
+NO_INSTRUCTION_TYPES = ("STS", "PairClassification", "Summarization")
+NO_INSTRUCTION_TASK_TYPES = ("sts", "pair_classification", "summarization")
+
+
+def format_query(query: str, instruction: str | None, template: str = ModelConfig.query_template) -> str:
+    """KaLM's query text; no instruction means the bare query (symmetric tasks, untrained bases)."""
+    return template.format(instruction=instruction, query=query) if instruction else query
+
+
+def query_instruction(task_type: str | None, instruction: str | None) -> str | None:
+    """The instruction a query of this task type carries (None: the bare query)."""
+    return None if task_type in NO_INSTRUCTION_TASK_TYPES else instruction
+
+
+def instructed_query(query: str, task_type: str | None, instruction: str | None,
+                     template: str = ModelConfig.query_template) -> str:
+    """The query text the trainer, the filter and the miner all encode for this row."""
+    return format_query(query, query_instruction(task_type, instruction), template)
 
 
 def kalm_instruction(task, template: str = ModelConfig.query_template) -> str:

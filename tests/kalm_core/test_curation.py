@@ -293,3 +293,30 @@ def test_the_negatives_report_shows_the_share_of_candidates_the_margin_removed(t
     assert 0 < int(kept["n_margin_dropped"].sum()) < int(kept["n_window_candidates"].sum())
     assert row == [(int(kept["n_window_candidates"].sum()), int(kept["n_margin_dropped"].sum()),
                     round(int(kept["n_margin_dropped"].sum()) / int(kept["n_window_candidates"].sum()), 4))]
+
+
+def test_the_filter_ranks_the_query_string_the_trainer_trains_on(tmp_path):
+    """One instruction policy: a retrieval query carries its instruction in the template, an STS one none, in the
+    filter's encoding and in the trainer's batches alike."""
+    from kalm_core.batch_data import load_batches
+
+    rows = pl.DataFrame({
+        "pair_id": ["a", "b"], "query": ["sort a list", "a cat sits"], "positive": ["use sorted()", "a cat is sitting"],
+        "negatives": [["use reversed()"], ["a dog runs"]], "task_type": ["retrieval", "sts"],
+        "instruction": ["Find the docs", "Retrieve similar text"],
+    })
+    seen: list[str] = []
+
+    class Recording:
+        def queries(self, texts):
+            seen.extend(texts)
+            return np.eye(4, DIM)[: len(texts)]
+
+        def passages(self, texts):
+            return np.eye(4, DIM)[[min(i, 3) for i in range(len(texts))]]
+
+    filter_source(rows, Recording(), FilterConfig(n_negatives=1))
+    snapshot = tmp_path / "b.parquet"
+    rows.drop("pair_id").with_columns(batch_id=pl.lit(0), position=pl.Series([0, 1])).write_parquet(snapshot)
+    (batch,) = load_batches(snapshot, group_size=2, world_size=1, template=ModelConfig.query_template)
+    assert seen == batch.queries == ["Instruct: Find the docs \n Query: sort a list", "a cat sits"]

@@ -26,3 +26,14 @@ def test_export_then_load_as_a_source_gives_the_same_pairs(con, tmp_path):
     stats = stage_source(con, back)
     assert stats.kept == n and stats.rejected == 0
     assert _pairs(con, "back") == _pairs(con, "a")
+
+
+def test_an_sts_pair_is_exported_without_a_prompt(con, tmp_path):
+    """The one instruction policy (kalm_core/prompts.py): what trains without an instruction exports none."""
+    write_jsonl(tmp_path / "s.jsonl", PAIRS_A)
+    src = Source(name="s", uri="s.jsonl", instruction="Retrieve similar text", task_type="sts")
+    load_file_source(con, src, tmp_path)
+    stage_source(con, src)
+    export_flagembedding(con, tmp_path / "s_out.jsonl", "staged", "s")
+    lines = [json.loads(x) for x in (tmp_path / "s_out.jsonl").read_text().splitlines()]
+    assert lines and all(x["prompt"] is None and x["type"] == "sts" for x in lines)
