@@ -65,6 +65,9 @@ class FilterConfig:
     window: tuple[int, int] = (50, 100)  # sample negatives from these ranks
     n_negatives: int = 7
     margin: float | None = None  # e.g. 0.95: drop a candidate scoring above margin x the positive's score
+    # rank each query as the trainer trains on it, instruction and template included (kalm_core.prompts): right for a
+    # filter model trained with instructions; the demo's MiniLM was not, and ranks bare queries
+    instructed_queries: bool = False
     batch_size: int = 64
     query_chunk: int = 4096  # queries searched at once; bounds memory
     seed: int = 0
@@ -161,7 +164,7 @@ PROFILES: dict[str, Profile] = {
         name="kalm-mini",
         model=ModelConfig(base_model="Qwen/Qwen2-0.5B", pooling="mean", query_max_len=512, passage_max_len=512),
         # NV-Retriever's positive-aware margin: +4.5 nDCG@10 on BEIR over naive top-k in their ablation
-        filter=FilterConfig(n_negatives=7, margin=0.95),
+        filter=FilterConfig(n_negatives=7, margin=0.95, instructed_queries=True),
         batch=BatchConfig(per_device_batch=48),
         train=TrainConfig(temperature=0.01, group_size=8, dims=(896, 512, 256, 128, 64),
                           dim_weights=(1.0, 0.3, 0.2, 0.1, 0.1), lr=1e-5, warmup_ratio=0.1, bf16=True,

@@ -81,15 +81,16 @@ class FilterStats:
 
 
 def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig,
-                  pool: list[str] | None = None,
-                  template: str = ModelConfig.query_template) -> tuple[pl.DataFrame, FilterStats]:
+                  pool: list[str] | None = None, template: str = ModelConfig.query_template,
+                  instructed: bool = False) -> tuple[pl.DataFrame, FilterStats]:
     """pairs: staged rows (pair_id, query, positive, negatives, task_type, instruction, ...) -> the same rows with
-    pos_rank, pos_score, kept, reason, the final negatives and mining counts. Each query is ranked as the trainer
-    will see it: with its instruction in the template, by the one instruction policy (kalm_core.prompts)."""
+    pos_rank, pos_score, kept, reason, the final negatives and mining counts. With `instructed`, each query is
+    ranked as the trainer will see it: with its instruction in the template, by the one instruction policy
+    (kalm_core.prompts); that wants a filter model trained with instructions."""
     queries, positives = pairs["query"].to_list(), pairs["positive"].to_list()
     column = lambda name: pairs[name].to_list() if name in pairs.columns else [None] * pairs.height  # noqa: E731
-    asked = [instructed_query(q, t, i, template) for q, t, i in zip(queries, column("task_type"),
-                                                                      column("instruction"))]
+    asked = queries if not instructed else [instructed_query(q, t, i, template) for q, t, i in
+                                            zip(queries, column("task_type"), column("instruction"))]
     given = [list(n) for n in pairs["negatives"].to_list()]
     corpus = Corpus.build(positives, given, pool)
     window = Window.for_corpus(len(corpus), cfg)

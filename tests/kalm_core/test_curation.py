@@ -315,7 +315,7 @@ def test_the_filter_ranks_the_query_string_the_trainer_trains_on(tmp_path):
         def passages(self, texts):
             return np.eye(4, DIM)[[min(i, 3) for i in range(len(texts))]]
 
-    filter_source(rows, Recording(), FilterConfig(n_negatives=1))
+    filter_source(rows, Recording(), FilterConfig(n_negatives=1), instructed=True)
     snapshot = tmp_path / "b.parquet"
     rows.drop("pair_id").with_columns(batch_id=pl.lit(0), position=pl.Series([0, 1])).write_parquet(snapshot)
     (batch,) = load_batches(snapshot, group_size=2, world_size=1, template=ModelConfig.query_template)
