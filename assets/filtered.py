@@ -6,9 +6,10 @@ import polars as pl
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
+from kalm_core import filter_model
 from kalm_core import warehouse as wh
 from kalm_core.catalog import Catalog, Source
-from kalm_core.config import data_dir, get_profile, resolve_model_path
+from kalm_core.config import data_dir, get_profile
 from kalm_core.filtering import CachedEncoder, filter_source
 from kalm_core.identifiers import table
 
@@ -28,8 +29,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                   settings: SettingsResource) -> dg.MaterializeResult:
         profile = get_profile(settings.profile)
         cfg = profile.filter
-        model = resolve_model_path(cfg.model or profile.model.base_model)
-        encoder = CachedEncoder.load(model, profile.model, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
+        fm = filter_model.resolve(profile)  # an embedder, or an LM the user allowed (`--allow-lm-filter`)
+        encoder = CachedEncoder.load(fm.path, fm.config, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
         with warehouse.connect(read_only=True) as con:
             pairs = con.sql(f"select * from {table('staged', src.name)} order by row_number, positive_index").pl()
             pool = _pool(con, cfg.candidate_pool)
@@ -42,7 +43,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                 corpus_size=stats.corpus_size, top_k=stats.window.top_k,
                 window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
                 rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
-                texts_encoded=encoder.encoded, texts_truncated=encoder.truncated, filter_model=model,
+                texts_encoded=encoder.encoded, texts_truncated=encoder.truncated, filter_model=fm.name,
+                filter_model_path=fm.path, filter_pooling=fm.config.pooling, filter_is_embedder=fm.is_embedder,
             )
         if stats.window.shrunk:
             context.log.warning(f"filtered/{src.name}: corpus of {stats.corpus_size} texts is smaller than the "
@@ -85,8 +87,8 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
                                  is_filled=pl.lit(None, pl.Boolean))
         stats = {}
     else:
-        model = resolve_model_path(profile.filter.model or profile.model.base_model)
-        encoder = CachedEncoder.load(model, profile.model, data_dir() / "embedding_cache")
+        fm = filter_model.resolve(profile)
+        encoder = CachedEncoder.load(fm.path, fm.config, data_dir() / "embedding_cache")
         parts, stats = [], {}
         for (task,), group in pairs.group_by("synthetic_task", maintain_order=True):
             out_g, st = filter_source(group, encoder, profile.filter, template=profile.model.query_template,

@@ -6,6 +6,7 @@ import hashlib
 
 import dagster as dg
 
+from kalm_core import filter_model
 from kalm_core.config import Profile, get_profile
 from kalm_core.versions import code_version
 
@@ -19,7 +20,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "synthetic": ("assets.synthetic", "kalm_core.synthesis.generate", "kalm_core.synthesis.tasks",
                   "kalm_core.synthesis.validation", "kalm_core.synthesis.personas", "kalm_core.pairs"),
     "filtered": ("assets.filtered", "kalm_core.filtering", "kalm_core.ranking_consistency", "kalm_core.mining",
-                 "kalm_core.search", "kalm_core.embedding_cache", *MODEL),
+                 "kalm_core.search", "kalm_core.embedding_cache", "kalm_core.filter_model", *MODEL),
     "marts": ("assets.marts", "kalm_core.sql_models", "kalm_core.pairs"),
     "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot"),
     "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
@@ -32,7 +33,9 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
 
 def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
-    return {"synthetic": (profile.synthesis,), "filtered": (profile.filter, profile.model), "batched": (profile.batch,),
+    if layer == "filtered":  # and the filter model's weights: a newly promoted `embedder:latest` re-filters
+        return profile.filter, profile.model, filter_model.identity(profile)
+    return {"synthetic": (profile.synthesis,), "batched": (profile.batch,),
             "training": (profile.model, profile.train, profile.batch),
             "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())
 
@@ -40,11 +43,13 @@ def layer_settings(layer: str, profile: Profile) -> tuple:
 def versioned(assets: list, profile: Profile) -> list:
     """Every asset's code version covers its code and settings; a SQL model's own version (its text's hash) is kept
     inside the new one."""
+    settings = {layer: layer_settings(layer, profile) for layer in LAYER_CODE}  # once: the filter's looks at the lake
+
     def version(spec: dg.AssetSpec) -> dg.AssetSpec:
         layer = spec.key.path[0]
         if layer not in LAYER_CODE:  # observable sources are versioned by their data
             return spec
-        return spec.replace_attributes(code_version=code_version(LAYER_CODE[layer], layer_settings(layer, profile),
+        return spec.replace_attributes(code_version=code_version(LAYER_CODE[layer], settings[layer],
                                                                  base=spec.code_version))
 
     return dg.map_asset_specs(version, assets)

@@ -29,7 +29,7 @@ import time  # noqa: E402
 
 import duckdb  # noqa: E402
 
-from kalm_core import retention, sandbox  # noqa: E402
+from kalm_core import filter_model, retention, sandbox  # noqa: E402
 from kalm_core import warehouse as wh  # noqa: E402
 from kalm_core.locks import LakeBusy  # noqa: E402
 from kalm_core.catalog import CatalogError, load_catalog  # noqa: E402
@@ -45,6 +45,12 @@ def _offline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true",
                    help="never reach the Hugging Face hub (HF_HUB_OFFLINE=1): local and bundled models only, hub "
                         "MTEB tasks skipped with the reason")
+
+
+def _allow_lm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-lm-filter", action="store_true",
+                   help="let a plain language model (no sentence-transformers pooling) filter and mine; refused "
+                        "otherwise, since an untrained LM's pooled states do not rank a corpus")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,6 +78,8 @@ def _apply_env(args) -> None:
         os.environ["KALM_PROFILE"] = args.profile
     if getattr(args, "offline", False):
         os.environ.update(OFFLINE_ENV)
+    if getattr(args, "allow_lm_filter", False):
+        os.environ[filter_model.ALLOW_LM_ENV] = "1"
     if args.command in ("run", "ui"):  # `kalm ui`'s runs are other processes: they get these from the environment
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
@@ -118,6 +126,8 @@ def cmd_run(args) -> int:
         keys = runner.select(defs, args.select)
     if keys is None or AssetKey(["evaluation", "mteb_results"]) in keys:
         _check_eval_tasks(profile)
+    if keys is None or any(k.path[0] == "filtered" for k in keys):
+        filter_model.resolve(profile)  # a filter model that is no embedder is refused here, with the reason
     t0 = time.monotonic()
     lake = wh.lake_spec()
     print(f"kalm run: profile {os.environ.get('KALM_PROFILE', 'demo')}, lake {lake.describe()}")
@@ -224,6 +234,12 @@ def cmd_ui(args) -> int:
     inst = runner.instance()  # sets DAGSTER_HOME beside the lake, so the UI shows `kalm run`'s history
     for run_id in runner.fail_dead_runs(inst):  # the UI's own runs are watched by the daemon's run monitoring
         print(f"kalm ui: run {run_id} was left STARTED by a kalm run process that died; marked failed", file=sys.stderr)
+    from kalm_core.config import get_profile
+
+    try:
+        filter_model.resolve(get_profile())
+    except ValueError as e:  # the UI still opens (lineage, tables, history); the filtered steps will fail with this
+        print(f"kalm ui: warning: the filtered steps will fail: {e}", file=sys.stderr)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
            "-p", str(args.port)]
     return subprocess.call(cmd)
@@ -339,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default=None, help="config profile: a name (demo, kalm-mini) or a JSON file of one (default: $KALM_PROFILE or demo)")
     r.add_argument("--select", help="Dagster asset selection, e.g. 'key:raw/numpy+' or 'group:marts'")
     r.add_argument("--stale", action="store_true", help="only what a changed source or SQL model made stale")
+    _allow_lm(r)
     r.add_argument("--full-refresh", action="store_true",
                    help="build incremental SQL models whole instead of recomputing only their changed inputs' rows")
     _retention_options(r, "after a full run, ")
@@ -348,6 +365,7 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", help="run `dagster dev` on 127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
+    _allow_lm(u)
     _offline(u)
     _common(u)
     u.set_defaults(fn=cmd_ui)

@@ -60,7 +60,9 @@ class SynthesisConfig:
 class FilterConfig:
     """Ranking-consistency filtering and hard-negative mining (KaLM §3.2 techniques (2)-(3))."""
 
-    model: str | None = None  # None: the profile's base model
+    # the embedding model that filters and mines: a sentence-transformers directory, a hub id, or "embedder:latest"
+    # (the promoted training.embedder of an earlier run); None: the base model, which must then be an embedder
+    model: str | None = None
     top_k: int = 50  # drop a pair whose positive ranks >= top_k
     window: tuple[int, int] = (50, 100)  # sample negatives from these ranks
     n_negatives: int = 7
@@ -163,8 +165,11 @@ PROFILES: dict[str, Profile] = {
     "kalm-mini": Profile(
         name="kalm-mini",
         model=ModelConfig(base_model="Qwen/Qwen2-0.5B", pooling="mean", query_max_len=512, passage_max_len=512),
+        # an embedder filters, never the raw base LM (kalm_core/filter_model.py): KaLM's own released model, trained
+        # from the same base with the same instruction template; `embedder:latest` once a run has promoted one.
         # NV-Retriever's positive-aware margin: +4.5 nDCG@10 on BEIR over naive top-k in their ablation
-        filter=FilterConfig(n_negatives=7, margin=0.95, instructed_queries=True),
+        filter=FilterConfig(model="HIT-TMG/KaLM-embedding-multilingual-mini-instruct-v1", n_negatives=7, margin=0.95,
+                            instructed_queries=True),
         batch=BatchConfig(per_device_batch=48),
         train=TrainConfig(temperature=0.01, group_size=8, dims=(896, 512, 256, 128, 64),
                           dim_weights=(1.0, 0.3, 0.2, 0.1, 0.1), lr=1e-5, warmup_ratio=0.1, bf16=True,

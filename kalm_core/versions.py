@@ -26,8 +26,11 @@ def module_hash(module: str) -> str:
 
 
 def settings_hash(section) -> str:
-    """sha256 of a config section (a dataclass or a pydantic model), field order independent."""
-    data = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section.model_dump(mode="json")
+    """sha256 of a config section (a dataclass, a pydantic model or a plain JSON value), field order independent."""
+    if dataclasses.is_dataclass(section):
+        data = dataclasses.asdict(section)
+    else:
+        data = section.model_dump(mode="json") if hasattr(section, "model_dump") else section
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 

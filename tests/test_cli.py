@@ -343,3 +343,26 @@ def test_a_run_whose_process_was_killed_is_marked_failed(env, tmp_path):
     messages = [e.dagster_event.message or "" for e in inst.all_logs(started[0].run_id) if e.dagster_event]
     assert any(f"pid {run.pid}" in m and "died" in m for m in messages)
     assert runner.fail_dead_runs(inst) == []  # a live or finished run is never touched
+
+
+def test_a_language_model_filter_is_refused_before_any_step(env, capsys, tmp_path, tiny_qwen2_dir):
+    from dataclasses import asdict, replace
+
+    from kalm_core.filter_model import ALLOW_LM_ENV
+    from tests.conftest import TINY
+
+    lm = tmp_path / "lm-filter.json"
+    lm.write_text(json.dumps(asdict(replace(TINY, filter=replace(TINY.filter, model=str(tiny_qwen2_dir))))))
+    assert main(["run", "--select", "+key:filtered/alpha", "--profile", str(lm)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an embedding model" in err and "--allow-lm-filter" in err
+    assert not env["lake"].exists()  # refused before any step: not even the raw table was written
+    try:
+        assert main(["run", "--select", "+key:filtered/alpha", "--profile", str(lm), "--allow-lm-filter"]) == 0
+        capsys.readouterr()
+        assert main(["sql", "select count(*) from filtered.alpha", "--csv"]) == 0
+        assert int(capsys.readouterr().out.splitlines()[-1]) > 0
+    finally:
+        import os
+
+        os.environ.pop(ALLOW_LM_ENV, None)
