@@ -24,18 +24,19 @@ PURITY = dg.AssetKey(["batched", "batch_purity"])
     ],
 )
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
-    cfg = get_profile(settings.profile).batch
+    profile = get_profile(settings.profile)
+    cfg = profile.batch
     with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select * from {table('marts', 'training_pairs')} order by pair_id").pl()
-    out, purity, stats = semi_homogeneous(pairs, cfg)
+    out, purity, stats = semi_homogeneous(pairs, cfg, world_size=profile.train.nproc)
     snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
     with warehouse.connect() as con:
         with wh.transaction(con):  # the batches and their purity change together
             rows = wh.write(con, "batched", "batches", out)
             purity_rows = wh.write(con, "batched", "batch_purity", purity)
         yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
-            con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=cfg.global_batch,
-            per_device_batch=cfg.per_device_batch, world_size=cfg.world_size, ratio=cfg.ratio,
+            con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
+            per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
             rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
             snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
@@ -43,7 +44,7 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,
             expected_purity=stats.expected_purity, purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
             **run_profile_versions(context, settings.profile, PURITY))
-    context.log.info(f"{stats.batches} batches of {cfg.global_batch}, purity {stats.mean_purity:.3f} "
+    context.log.info(f"{stats.batches} batches of {profile.global_batch}, purity {stats.mean_purity:.3f} "
                      f"(expected {stats.expected_purity:.3f}), snapshot {snapshot}")
 
 
@@ -79,7 +80,7 @@ def purity_matches_ratio(context: dg.AssetCheckExecutionContext, con, tol: float
     return dg.AssetCheckResult(asset_key=PURITY, check_name=PURITY_CHECK.name,
                                passed=purity_ok(realised, expected, sd, tol),
                                metadata={"realised_purity": realised, "expected_purity": expected, "tolerance": tol,
-                                         "sampling_sd": sd, "allowed_gap": allowed_purity_gap(sd, tol)})
+                                         "sampling_sd": sd, "allowed_gap": allowed_purity_gap(expected, sd, tol)})
 
 
 def build() -> tuple[list, list]:

@@ -34,7 +34,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
         with warehouse.connect(read_only=True) as con:
             pairs = con.sql(f"select * from {table('staged', src.name)} order by row_number, positive_index").pl()
             pool = _pool(con, cfg.candidate_pool)
-        out, stats = filter_source(pairs, encoder, cfg, pool, profile.model.query_template, cfg.instructed_queries)
+        out, stats = filter_source(pairs, encoder, cfg, pool, profile.model.query_template, cfg.instructed_queries,
+                                   n_negatives=profile.n_negatives)
         with warehouse.connect() as con:
             rows = wh.write(con, "filtered", src.name, out)
             meta = table_metadata(
@@ -92,7 +93,7 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         parts, stats = [], {}
         for (task,), group in pairs.group_by("synthetic_task", maintain_order=True):
             out_g, st = filter_source(group, encoder, profile.filter, template=profile.model.query_template,
-                                      instructed=profile.filter.instructed_queries)
+                                      instructed=profile.filter.instructed_queries, n_negatives=profile.n_negatives)
             parts.append(out_g)
             stats[task] = {"pairs": st.pairs, "kept": st.kept, "median_pos_rank": st.median_pos_rank}
         out = pl.concat(parts)

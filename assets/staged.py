@@ -4,9 +4,11 @@
 import dagster as dg
 
 from assets.common import table_metadata
-from assets.resources import WarehouseResource
+from assets.resources import SettingsResource, WarehouseResource
+from assets.versions import run_profile_versions
 from kalm_core import staging
 from kalm_core.catalog import Catalog, Source
+from kalm_core.config import get_profile
 from kalm_core.sql_models import SqlModel, parse_header
 
 
@@ -20,17 +22,22 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
 
     @dg.asset(key=["staged", src.name], deps=[dg.AssetKey(["raw", src.name])], group_name="staged",
               kinds={"duckdb"}, code_version=model.code_version, description=model.description)
-    def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                settings: SettingsResource) -> dg.MaterializeResult:
+        profile = get_profile(settings.profile)  # its model's max lengths set the length limits
+        max_query, max_passage = staging.length_limits(profile.model)
         with warehouse.connect() as con:
-            stats = staging.stage_source(con, src, model.text)
+            stats = staging.stage_source(con, src, model.text, profile.model)
             meta = table_metadata(
                 con, "staged", src.name, rows=stats.kept, rows_in=stats.rows_in, rows_kept=stats.kept,
                 rows_rejected=stats.rejected, rows_duplicate=stats.duplicates,
                 reject_reasons=dg.MetadataValue.json(stats.reasons), sql=dg.MetadataValue.path(str(model.path)),
+                max_query_chars=max_query, max_passage_chars=max_passage,
             )
         context.log.info(f"staged/{src.name}: {stats.rows_in} in = {stats.kept} kept + {stats.rejected} "
                          f"rejected + {stats.duplicates} duplicates")
-        return dg.MaterializeResult(metadata=meta)
+        return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile,
+                                                                          base=model.code_version))
 
     return _staged
 

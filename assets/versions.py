@@ -6,7 +6,7 @@ import hashlib
 
 import dagster as dg
 
-from kalm_core import filter_model
+from kalm_core import filter_model, staging
 from kalm_core.config import Profile, get_profile
 from kalm_core.versions import code_version
 
@@ -34,8 +34,9 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
 def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
     if layer == "filtered":  # and the filter model's weights: a newly promoted `embedder:latest` re-filters
-        return profile.filter, profile.model, filter_model.identity(profile)
-    return {"synthetic": (profile.synthesis,), "batched": (profile.batch,),
+        return profile.filter, profile.model, profile.n_negatives, filter_model.identity(profile)
+    return {"staged": (staging.length_limits(profile.model),), "synthetic": (profile.synthesis,),
+            "batched": (profile.batch, profile.train.nproc),
             "training": (profile.model, profile.train, profile.batch),
             "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())
 
@@ -65,18 +66,18 @@ def _latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
 
 
 def run_profile_versions(context: dg.AssetExecutionContext, profile_name: str,
-                         key: dg.AssetKey | None = None) -> dict:
+                         key: dg.AssetKey | None = None, base: str | None = None) -> dict:
     """Versions for a materialisation made with a profile picked at launch (the launchpad's
     `resources.settings.config.profile`) other than the code location's: the code version computed with that
     profile (Dagster lets an output's tags replace the definition's), so the UI shows the table stale against the
     location's profile, and a data version over it and the inputs' data versions, so what reads the table sees it
     change. When the run uses the location's profile, Dagster's own versions are the right ones and only the
-    profile's name is added."""
+    profile's name is added. `base`: the asset's own version inside the layer's (a SQL model's hash)."""
     key = key or context.assets_def.key
     layer = key.path[0]
     profile = get_profile(profile_name)
     defined = context.assets_def.code_versions_by_key.get(key)
-    used = code_version(LAYER_CODE[layer], layer_settings(layer, profile))
+    used = code_version(LAYER_CODE[layer], layer_settings(layer, profile), base=base)
     if used == defined:
         return {"tags": {PROFILE_TAG: profile.name}}
     h = hashlib.sha256(used.encode())

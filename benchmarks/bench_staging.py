@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kalm_core import warehouse  # noqa: E402
 from kalm_core.catalog import Source  # noqa: E402
 from kalm_core.extract import load_file_source  # noqa: E402
-from kalm_core.staging import MAX_PASSAGE_CHARS, MAX_QUERY_CHARS, stage_source  # noqa: E402
+from kalm_core.config import ModelConfig  # noqa: E402
+from kalm_core.staging import length_limits, stage_source  # noqa: E402
+
+MAX_QUERY_CHARS, MAX_PASSAGE_CHARS = length_limits(ModelConfig())  # what stage_source applies by default
 
 WORDS = ("embedding model query passage retrieval vector index batch negative positive token layer "
          "attention pooling matryoshka dimension contrastive temperature gradient cache warehouse").split()

@@ -22,14 +22,16 @@ class BatchingError(ValueError):
     """The input cannot be cut into the configured batches."""
 
 
-def allowed_purity_gap(purity_sd: float, tolerance: float) -> float:
-    """How far the realised mean purity may sit from its expectation: the tolerance plus three sampling SDs."""
-    return tolerance + 3 * purity_sd
+def allowed_purity_gap(expected: float, purity_sd: float, tolerance: float) -> float:
+    """How far the realised mean purity may sit from its expectation: a share (`tolerance`) of the expected mixing
+    1 - expected, plus three sampling SDs. Relative, so a mostly in-task ratio (0.95) is told apart from none mixed
+    (an absolute 0.05 would accept both)."""
+    return tolerance * (1.0 - expected) + 3 * purity_sd
 
 
 def purity_ok(realised: float, expected: float, purity_sd: float, tolerance: float) -> bool:
     """The realised purity follows the semi-homogeneous ratio (the blocking check's formula)."""
-    return abs(realised - expected) <= allowed_purity_gap(purity_sd, tolerance)
+    return abs(realised - expected) <= allowed_purity_gap(expected, purity_sd, tolerance)
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,16 @@ def _repair(batches: list[list[dict]], rng: np.random.Generator) -> None:
                 raise BatchingError(f"cannot place a row without a duplicate text in batch {b}: too few distinct texts")
 
 
-def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig) -> tuple[pl.DataFrame, pl.DataFrame, BatchStats]:
+def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
+                     world_size: int = 1) -> tuple[pl.DataFrame, pl.DataFrame, BatchStats]:
     """pairs (query, positive, negatives, <group_by>, ...) -> (batches with batch_id and position, per-batch
-    purity, stats)."""
+    purity, stats). A global batch is `cfg.per_device_batch x world_size`, the world size training is launched with
+    (train.nproc), so every device's micro-batch comes from the same global batch."""
     if not 0.0 <= cfg.ratio <= 1.0:
         raise BatchingError(f"ratio must be in [0, 1], got {cfg.ratio}")
     if cfg.group_by not in pairs.columns:
         raise BatchingError(f"group_by column {cfg.group_by!r} is not in the pairs ({pairs.columns})")
-    size = cfg.global_batch
+    size = cfg.per_device_batch * world_size
     rng = np.random.default_rng(cfg.seed)
     groups = sorted(pairs[cfg.group_by].unique().to_list())
     batches: list[list[dict]] = []

@@ -82,11 +82,12 @@ class FilterStats:
 
 def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig,
                   pool: list[str] | None = None, template: str = ModelConfig.query_template,
-                  instructed: bool = False) -> tuple[pl.DataFrame, FilterStats]:
+                  instructed: bool = False, *, n_negatives: int) -> tuple[pl.DataFrame, FilterStats]:
     """pairs: staged rows (pair_id, query, positive, negatives, task_type, instruction, ...) -> the same rows with
     pos_rank, pos_score, kept, reason, the final negatives and mining counts. With `instructed`, each query is
     ranked as the trainer will see it: with its instruction in the template, by the one instruction policy
-    (kalm_core.prompts); that wants a filter model trained with instructions."""
+    (kalm_core.prompts); that wants a filter model trained with instructions. `n_negatives`: what a training group
+    holds (Profile.n_negatives = train.group_size - 1), never set apart from it."""
     queries, positives = pairs["query"].to_list(), pairs["positive"].to_list()
     column = lambda name: pairs[name].to_list() if name in pairs.columns else [None] * pairs.height  # noqa: E731
     asked = queries if not instructed else [instructed_query(q, t, i, template) for q, t, i in
@@ -108,7 +109,7 @@ def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig
 
     ranked = rank_positives(q_emb, c_emb, pos_ids, excluded, depth=window.hi, chunk=cfg.query_chunk)
     kept, reasons = keep_decision(ranked.ranks, window.top_k)
-    mined = [mine_negatives(pid, g, ranked.window(i, window.lo, window.hi), ps, corpus.texts, ex, cfg.n_negatives,
+    mined = [mine_negatives(pid, g, ranked.window(i, window.lo, window.hi), ps, corpus.texts, ex, n_negatives,
                             cfg.margin, cfg.seed)
              for i, (pid, g, ps, ex) in enumerate(zip(pairs["pair_id"].to_list(), given,
                                                       ranked.pos_scores.tolist(), excluded))]

@@ -11,12 +11,19 @@ from importlib.resources import files
 from pathlib import Path
 
 from kalm_core.catalog import Source
+from kalm_core.config import ModelConfig
 from kalm_core.identifiers import table
 from kalm_core.warehouse import transaction
 
 STAGING_SQL = Path(str(files("kalm_core") / "sql" / "staged" / "stg_source.sql"))  # package data (sql/)
-MAX_QUERY_CHARS = 2_000
-MAX_PASSAGE_CHARS = 8_000
+# A text over 16 characters per token of the model's window would lose most of itself to truncation (English runs
+# at ~4 characters per token, Chinese at ~1.5): staging quarantines it. The limit follows the model's max lengths.
+CHARS_PER_TOKEN_CAP = 16
+
+
+def length_limits(model: ModelConfig) -> tuple[int, int]:
+    """(query, passage) character limits from the model's query_max_len / passage_max_len (one source of truth)."""
+    return model.query_max_len * CHARS_PER_TOKEN_CAP, model.passage_max_len * CHARS_PER_TOKEN_CAP
 
 KEPT_COLUMNS = ("pair_id, source, row_number, positive_index, record_id, query, positive, negatives, "
                 "task_type, instruction, language, is_held_out, content_hash")
@@ -40,8 +47,10 @@ class StageStats:
 
 
 def stage_source(con, src: Source, sql_text: str | None = None,
-                 max_query_chars: int = MAX_QUERY_CHARS, max_passage_chars: int = MAX_PASSAGE_CHARS) -> StageStats:
-    """raw.<src> -> staged.<src> (kept rows) + its rows of staged.rejects; returns the row accounting."""
+                 model: ModelConfig = ModelConfig()) -> StageStats:
+    """raw.<src> -> staged.<src> (kept rows) + its rows of staged.rejects; returns the row accounting. Texts too
+    long for `model`'s window (length_limits) are quarantined."""
+    max_query_chars, max_passage_chars = length_limits(model)
     sql_text = sql_text if sql_text is not None else STAGING_SQL.read_text(encoding="utf-8")
     params = {
         "task_type": src.task_type, "instruction": src.instruction, "language": src.language,

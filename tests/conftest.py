@@ -59,7 +59,7 @@ def small_catalog(tmp_path: Path) -> Path:
 
 TINY = Profile(
     name="tiny",
-    filter=FilterConfig(n_negatives=1, batch_size=8),
+    filter=FilterConfig(batch_size=8),  # 1 negative mined: group_size 2
     batch=BatchConfig(per_device_batch=2, group_by="source"),
     train=TrainConfig(group_size=2, dims=(384, 64), dim_weights=(1.0, 0.3), max_steps=2, checkpoint_every=0,
                       lr=1e-5),

@@ -186,7 +186,7 @@ def test_a_source_filtered_to_nothing_fails_its_check_by_name(env, capsys, monke
 
     from kalm_core.config import PROFILES, FilterConfig
 
-    strict = replace(PROFILES["tiny"], name="strict", filter=FilterConfig(top_k=0, window=(0, 1), n_negatives=1))
+    strict = replace(PROFILES["tiny"], name="strict", filter=FilterConfig(top_k=0, window=(0, 1)))
     monkeypatch.setitem(PROFILES, "strict", strict)
     assert main(["run", "--profile", "strict"]) == 1
     out = capsys.readouterr().out

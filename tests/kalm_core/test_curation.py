@@ -52,7 +52,7 @@ def planted(n_docs=150, seed=0):
 
 def test_a_far_positive_is_dropped_with_its_rank():
     pairs, enc = planted()
-    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    out, stats = filter_source(pairs, enc, FilterConfig(), n_negatives=3)
     broad = out.filter(pl.col("query") == "broad query").row(0, named=True)
     assert not broad["kept"] and broad["pos_rank"] >= 50 and f"ranked {broad['pos_rank']}" in broad["reason"]
     assert broad["pos_rank"] > 140  # exact rank beyond the retrieved depth
@@ -63,7 +63,7 @@ def test_a_far_positive_is_dropped_with_its_rank():
 
 def test_negatives_come_from_the_window_and_never_a_positive_or_the_query():
     pairs, enc = planted()
-    out, _ = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    out, _ = filter_source(pairs, enc, FilterConfig(), n_negatives=3)
     positives = set(pairs["positive"])
     for row in out.iter_rows(named=True):
         assert len(row["negatives"]) == 3
@@ -101,7 +101,7 @@ def test_a_small_corpus_shrinks_k_and_the_window():
     assert not Window.for_corpus(500, FilterConfig()).shrunk
     pairs, enc = planted(n_docs=12)
     out, stats = filter_source(pairs.with_columns(pl.Series("negatives", [[]] * 11, dtype=pl.List(pl.Utf8))), enc,
-                               FilterConfig(n_negatives=2))
+                               FilterConfig(), n_negatives=2)
     assert stats.window.shrunk and stats.corpus_size == 11
     assert (out["negatives"].list.len() == 2).all()
 
@@ -172,8 +172,8 @@ def test_a_candidate_pool_joins_the_corpus_and_feeds_mining():
     pool = [f"pool {i}" for i in range(60)]
     for i, t in enumerate(pool):  # pool texts sit right behind query 1's positive
         enc.vectors[t] = unit(enc.vectors["doc 1"] + 0.3 * rng.normal(size=DIM))
-    _, plain = filter_source(pairs, enc, FilterConfig(n_negatives=3))
-    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3, window=(5, 60)), pool=pool)
+    _, plain = filter_source(pairs, enc, FilterConfig(), n_negatives=3)
+    out, stats = filter_source(pairs, enc, FilterConfig(window=(5, 60)), pool=pool, n_negatives=3)
     assert stats.corpus_size == plain.corpus_size + len(pool)
     row = out.filter(pl.col("pair_id") == "p1").row(0, named=True)
     assert any(n.startswith("pool ") for n in row["negatives"])
@@ -265,7 +265,7 @@ def test_a_source_with_no_pairs_filters_to_no_rows():
         passages = queries
 
     empty = planted()[0].head(0)
-    out, stats = filter_source(empty, Zeros(), FilterConfig(n_negatives=3))
+    out, stats = filter_source(empty, Zeros(), FilterConfig(), n_negatives=3)
     assert out.height == 0 and out.schema["negatives"] == pl.List(pl.Utf8) and "pos_rank" in out.columns
     assert stats.kept == 0 and stats.median_pos_rank is None
 
@@ -279,8 +279,8 @@ def test_the_negatives_report_shows_the_share_of_candidates_the_margin_removed(t
     pairs, enc = planted()
     pairs = pairs.with_columns(source=pl.lit("planted"))
     # planted documents are random (cosines near 0): a margin of 0.1 x the positive is what removes some here
-    out, stats = filter_source(pairs, enc, FilterConfig(n_negatives=3, margin=0.1))
-    plain, _ = filter_source(pairs, enc, FilterConfig(n_negatives=3))
+    out, stats = filter_source(pairs, enc, FilterConfig(margin=0.1), n_negatives=3)
+    plain, _ = filter_source(pairs, enc, FilterConfig(), n_negatives=3)
     assert int(out["n_margin_dropped"].sum()) == stats.margin_dropped
     assert (out["n_window_candidates"] == plain["n_window_candidates"]).all()
     assert int(plain["n_margin_dropped"].sum()) == 0
@@ -315,7 +315,7 @@ def test_the_filter_ranks_the_query_string_the_trainer_trains_on(tmp_path):
         def passages(self, texts):
             return np.eye(4, DIM)[[min(i, 3) for i in range(len(texts))]]
 
-    filter_source(rows, Recording(), FilterConfig(n_negatives=1), instructed=True)
+    filter_source(rows, Recording(), FilterConfig(), instructed=True, n_negatives=1)
     snapshot = tmp_path / "b.parquet"
     rows.drop("pair_id").with_columns(batch_id=pl.lit(0), position=pl.Series([0, 1])).write_parquet(snapshot)
     (batch,) = load_batches(snapshot, group_size=2, world_size=1, template=ModelConfig.query_template)

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from kalm_core.catalog import Source
+from kalm_core.config import ModelConfig
 from kalm_core.extract import load_frame_source
 from kalm_core.staging import accounting, stage_source
 
@@ -30,14 +31,14 @@ CASES = [
     ("no answer", "   "),  # empty positive
     ("echo", "echo"),  # query equals positive
     ("neg is pos", "the answer", ["the answer"]),  # negative equals positive
-    ("too long", "x" * 50),  # over the passage limit (40 in this test)
+    ("too long", "x" * 50),  # over the passage limit (16 characters per token of a 3-token window: 48)
     (unicodedata.normalize("NFD", "café menu"), "a list of dishes"),  # NFD in, NFC out
 ]
 
 
 def test_dispositions_and_reasons(con):
     src = _raw(con, "s", CASES, instruction="Find it", task_type="retrieval")
-    stats = stage_source(con, src, max_passage_chars=40)
+    stats = stage_source(con, src, model=ModelConfig(passage_max_len=3))
     assert (stats.rows_in, stats.kept, stats.rejected, stats.duplicates) == (8, 2, 5, 1)
     assert stats.balanced and accounting(con, "s") == {"rows_in": 8, "kept": 2, "rejected": 5, "duplicates": 1}
     assert stats.reasons == {"empty query": 1, "empty positive": 1, "query equals positive": 1,
