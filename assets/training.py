@@ -13,7 +13,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 from assets.batched import BATCHES
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
-from kalm_core import plots
+from kalm_core import checkpoint, plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
 from kalm_core.identifiers import table
@@ -68,9 +68,14 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     # the evaluation tasks' prompts, saved with the model: this process has mteb's metadata loaded, the trainer not
     prompts = eval_task_prompts(profile.eval.mteb_tasks, profile.model.query_template)
     (out / "task_prompts.json").write_text(json.dumps(prompts, indent=2))
-    cmd = trainer_command(profile.train.nproc, ["--snapshot", snapshot, "--sha256", digest,
-                                                "--config", str(out / "run_config.json"), "--output", str(out),
-                                                "--task-prompts", str(out / "task_prompts.json")])
+    args = ["--snapshot", snapshot, "--sha256", digest, "--config", str(out / "run_config.json"), "--output", str(out),
+            "--task-prompts", str(out / "task_prompts.json")]
+    key = checkpoint.resume_key(digest, profile)
+    (out / checkpoint.RESUME_KEY).write_text(key)
+    if earlier := checkpoint.interrupted_run(out.parent, key, exclude=out):  # same snapshot and settings, killed
+        context.log.info(f"resuming from the last checkpoint of the interrupted run {earlier.name}")
+        args += ["--resume-from", str(earlier)]
+    cmd = trainer_command(profile.train.nproc, args)
     context.log.info(" ".join(cmd))
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     # Dagster Pipes: the trainer's step lines stream into this run's log, cancelling the run sends it SIGINT

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-KEEP = 2  # checkpoints kept on disk; older ones are removed
+KEEP = 2  # checkpoints kept on disk while a run trains; older ones are removed
 
 
 def rng_state() -> dict:
@@ -34,9 +34,43 @@ def save(directory: Path, step: int, model: torch.nn.Module, optimizer, schedule
     torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "losses": losses}, tmp)
     tmp.replace(path)
-    for old in sorted(directory.glob("step-*.pt"))[:-KEEP]:
-        old.unlink()
+    prune(directory, KEEP)
     return path
+
+
+def prune(directory: Path, keep: int) -> int:
+    """Delete all but the last `keep` checkpoints (and the directory when none is left); returns how many went."""
+    found = sorted(directory.glob("step-*.pt")) if directory.exists() else []
+    gone = found[:len(found) - keep] if keep else found
+    for old in gone:
+        old.unlink()
+    if directory.exists() and not any(directory.iterdir()):
+        directory.rmdir()
+    return len(gone)
+
+
+RESUME_KEY = "resume_key.txt"  # in a run directory: what a later run must match to resume from its checkpoints
+
+
+def resume_key(snapshot_sha256: str, profile) -> str:
+    """Runs with equal keys train the same steps: the same snapshot, model and training settings."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    settings = {"snapshot": snapshot_sha256, "model": asdict(profile.model), "train": asdict(profile.train)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def interrupted_run(models_dir: Path, key: str, exclude: Path | None = None) -> Path | None:
+    """The latest run directory with this key that never saved its model but holds a checkpoint."""
+    runs = sorted(models_dir.glob(f"*/{RESUME_KEY}")) if models_dir.exists() else []
+    for marker in reversed(runs):  # run ids start with their UTC start time: the latest first
+        run = marker.parent
+        if run != exclude and marker.read_text().strip() == key and not (run / "model").exists() \
+                and latest(run / "checkpoints") is not None:
+            return run
+    return None
 
 
 def latest(directory: Path) -> Path | None:

@@ -115,8 +115,9 @@ class TrainConfig:
     keep_graph_tokens: int | str = 0
     compile: bool = False  # torch.compile each transformer layer (regional compilation: one graph, reused per layer)
     lora_rank: int | None = None
-    nproc: int = 1
+    nproc: int = 1  # the launch's world size (torchrun when > 1); the batches are cut for it
     checkpoint_every: int = 50
+    keep_checkpoints: int = 0  # checkpoints kept once the model is saved (the final model is always kept)
     seed: int = 0
 
 

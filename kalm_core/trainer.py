@@ -113,24 +113,42 @@ def build_loss(tcfg: TrainConfig, hidden_size: int) -> MatryoshkaLoss:
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
-def tokenize_batches(embedder: Embedder, batches, rank: int, world: int) -> list[tuple[list, list]]:
-    """Pre-tokenise this device's share of every global batch once: (query ids, passage ids) per step."""
-    tok, mcfg = embedder.tokenizer, embedder.config
-    out = []
-    for b in batches:
-        per = len(b.queries) // world
+class TokenizedSteps(torch.utils.data.Dataset):
+    """Step i -> this device's (query ids, passage ids) of global batch i mod the batch count, tokenised when the
+    data loader asks for it: a snapshot of millions of pairs starts training at once and holds only its texts."""
+
+    def __init__(self, batches, tokenizer, mcfg: ModelConfig, rank: int, world: int, epochs: int = 1):
+        self.batches, self.tok, self.mcfg, self.rank, self.world, self.epochs = (batches, tokenizer, mcfg, rank,
+                                                                                 world, epochs)
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.epochs
+
+    def __getitem__(self, step: int) -> tuple[list, list]:
+        b = self.batches[step % len(self.batches)]
+        per = len(b.queries) // self.world
         group = len(b.passages) // len(b.queries)
-        qs = b.queries[rank * per:(rank + 1) * per]
-        ps = b.passages[rank * per * group:(rank + 1) * per * group]
-        out.append((tok(qs, truncation=True, max_length=mcfg.query_max_len)["input_ids"],
-                    tok(ps, truncation=True, max_length=mcfg.passage_max_len)["input_ids"]))
-    return out
+        qs = b.queries[self.rank * per:(self.rank + 1) * per]
+        ps = b.passages[self.rank * per * group:(self.rank + 1) * per * group]
+        return (self.tok(qs, truncation=True, max_length=self.mcfg.query_max_len)["input_ids"],
+                self.tok(ps, truncation=True, max_length=self.mcfg.passage_max_len)["input_ids"])
+
+
+def step_loader(steps: TokenizedSteps, start: int, total: int, device: torch.device):
+    """Steps start..total-1 in order; on a GPU one worker process tokenises ahead of the step being trained."""
+    workers = 1 if device.type == "cuda" else 0  # on the CPU a worker would only compete for the same cores
+    # its own generator: an iterator draws a seed when it starts, which must not advance the global stream that a
+    # resumed run restores from its checkpoint (dropout would then differ from the uninterrupted run)
+    return torch.utils.data.DataLoader(steps, batch_size=None, sampler=range(start, total), num_workers=workers,
+                                       prefetch_factor=4 if workers else None, generator=torch.Generator())
 
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path: str | None = None,
           max_steps: int | None = None, log=print, snapshot_sha256: str | None = None, save: bool = True,
-          task_prompts: dict[str, str] | None = None) -> dict:
+          task_prompts: dict[str, str] | None = None, resume_from: str | Path | None = None) -> dict:
+    """Train; resume from this run's last checkpoint, else from `resume_from`'s (an interrupted run on the same
+    snapshot and settings, whose checkpoints are deleted once this run has saved its model)."""
     rank, world, device = setup_distributed()
     tcfg, mcfg = profile.train, profile.model
     output = Path(output)
@@ -144,7 +162,7 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
         embedder.init_pca_projection(sample)  # same seed and texts on every rank: identical initial weights
     elif mcfg.projection not in (None, "pca"):
         raise ValueError(f"projection {mcfg.projection!r} is not one of None, 'pca'")
-    steps = tokenize_batches(embedder, batches, rank, world) * tcfg.epochs
+    steps = TokenizedSteps(batches, embedder.tokenizer, mcfg, rank, world, tcfg.epochs)
     total = min(len(steps), max_steps or tcfg.max_steps or len(steps))
     encoder = ChunkedEncoder(embedder)
     if world > 1:
@@ -156,13 +174,17 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(tcfg.warmup_ratio * total), total)
 
     ckpt_dir, losses, start = output / "checkpoints", [], 0
-    if (last := checkpoint.latest(ckpt_dir)) is not None:
+    log_path, earlier = output / "train_log.jsonl", output
+    last = checkpoint.latest(ckpt_dir)
+    if last is None and resume_from is not None and (last := checkpoint.latest(Path(resume_from) / "checkpoints")):
+        earlier = Path(resume_from)
+    if last is not None:
         start, losses = checkpoint.load(last, embedder, optimizer, scheduler)
         log({"event": "resumed", "step": start, "checkpoint": str(last)})
-    log_path = output / "train_log.jsonl"
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        kept = [ln for ln in (log_path.read_text().splitlines() if log_path.exists() else [])
+        old_log = earlier / "train_log.jsonl"
+        kept = [ln for ln in (old_log.read_text().splitlines() if old_log.exists() else [])
                 if json.loads(ln)["step"] <= start]  # a resumed run rewrites the steps after its checkpoint
         log_path.write_text("".join(ln + "\n" for ln in kept))
 
@@ -173,8 +195,7 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     budget = MemoryBudget(tcfg.keep_graph_tokens, device, tcfg.chunk_tokens, distributed=world > 1)
     t0, pairs_done, tokens_done = time.perf_counter(), 0, 0
     embedder.train()
-    for step in range(start, total):
-        q_ids, p_ids = steps[step]
+    for step, (q_ids, p_ids) in enumerate(step_loader(steps, start, total, device), start):
         loss = None
         while loss is None:  # again only after an out-of-memory attempt, with less memory (memory_budget.py)
             q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, budget.chunk_tokens)
@@ -246,6 +267,11 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
             task_prompts = eval_task_prompts(profile.eval.mteb_tasks, mcfg.query_template)
         embedder.save(output / "model", query_instruction=top[0][0] if top else None, task_prompts=task_prompts)
         (output / "train_config.json").write_text(json.dumps(asdict(profile), indent=2, default=list))
+        # the model is saved: checkpoints beyond the last keep_checkpoints (optimizer states, ~3x the model each)
+        # and the interrupted run's this one resumed from are no longer needed
+        checkpoint.prune(ckpt_dir, tcfg.keep_checkpoints)
+        if earlier != output:
+            checkpoint.prune(earlier / "checkpoints", 0)
     if rank == 0:
         log(summary)
     if world > 1:
@@ -275,6 +301,8 @@ def main(argv: list[str] | None = None, log=None, report_error=None) -> int:
     ap.add_argument("--output", required=True, help="run directory: model/, checkpoints/, train_log.jsonl")
     ap.add_argument("--model-path", help="start from this model instead of the profile's base model")
     ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--resume-from", help="an interrupted run directory on the same snapshot and settings: start from "
+                                          "its last checkpoint when this run has none")
     ap.add_argument("--task-prompts", help="JSON {prompt name: prefix} saved with the model (default: computed from "
                     "the profile's MTEB tasks, kalm_core.prompts)")
     args = ap.parse_args(argv)
@@ -298,7 +326,7 @@ def main(argv: list[str] | None = None, log=None, report_error=None) -> int:
         profile = profile_from_dict(json.loads(Path(args.config).read_text()))
         prompts = json.loads(Path(args.task_prompts).read_text()) if args.task_prompts else None
         train(profile, args.snapshot, args.output, args.model_path, args.max_steps, log, args.sha256,
-              task_prompts=prompts)
+              task_prompts=prompts, resume_from=args.resume_from)
     except (BatchFileError, ModelLoadError, ValueError) as e:
         return failed(e, EXIT_BAD_INPUT)
     except NonFiniteLoss as e:

@@ -88,15 +88,22 @@ def test_resume_after_kill_gives_the_same_losses(tmp_path, tiny_bert_dir):
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (killed / "model").exists()
-    resumed = subprocess.run(cmd + ["--output", str(killed)], check=True, env=env, cwd=ROOT, capture_output=True,
-                             text=True)
+    assert (killed / "checkpoints" / "step-000004.pt").exists()
+    # a new run (its own directory, as the training asset makes one per run) resumes from the interrupted one's
+    # checkpoint, tokenising each step as the data loader reaches it
+    new = tmp_path / "new"
+    resumed = subprocess.run(cmd + ["--output", str(new), "--resume-from", str(killed)], check=True, env=env,
+                             cwd=ROOT, capture_output=True, text=True)
     assert '"event": "resumed", "step": 4' in resumed.stdout
-    a, b = _losses(straight), _losses(killed)
+    a, b = _losses(straight), _losses(new)
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6, (a, b)
-    assert (killed / "model" / "modules.json").exists()
+    assert (new / "model" / "modules.json").exists()
+    # once the model is saved no checkpoint is left (keep_checkpoints 0): neither its own nor the interrupted run's
+    assert not (new / "checkpoints").exists() and not (killed / "checkpoints").exists()
+    assert (straight / "model" / "modules.json").exists() and not (straight / "checkpoints").exists()
     # run alone, the trainer computes the evaluation tasks' prompts itself (the profile's default MTEB tasks)
-    prompts = json.loads((killed / "model" / "config_sentence_transformers.json").read_text())["prompts"]
+    prompts = json.loads((new / "model" / "config_sentence_transformers.json").read_text())["prompts"]
     assert {"SciFact-query", "NFCorpus-query"} <= prompts.keys()
 
 
@@ -197,3 +204,32 @@ def test_false_negative_masking_reaches_the_loss_and_is_counted_per_step(tmp_pat
     for step in logged[-2.0]:
         assert step["loss"] == 0.0 and step["masked_false_negatives"] == step["pairs"] * (step["pairs"] * 4 - 1)
     assert all(s["loss"] > 0 and s["masked_false_negatives"] == 0 for s in logged[2.0])
+
+
+def test_a_new_run_finds_the_interrupted_run_with_its_snapshot_and_settings(tmp_path):
+    from kalm_core import checkpoint
+
+    profile = PROFILES["demo"]
+    key = checkpoint.resume_key("abc", profile)
+    assert checkpoint.resume_key("abd", profile) != key  # another snapshot
+    assert checkpoint.resume_key("abc", replace(profile, train=replace(profile.train, lr=1.0))) != key
+
+    def run(name, key, model=False, ckpt=True):
+        d = tmp_path / name
+        (d / "checkpoints").mkdir(parents=True)
+        (d / checkpoint.RESUME_KEY).write_text(key)
+        if ckpt:
+            (d / "checkpoints" / "step-000010.pt").write_bytes(b"x")
+        if model:
+            (d / "model").mkdir()
+        return d
+
+    run("20261201-000000-a", key)  # interrupted, older
+    newest = run("20261202-000000-b", key)  # interrupted, the one to resume
+    run("20261203-000000-c", key, model=True)  # finished
+    run("20261204-000000-d", checkpoint.resume_key("other", profile))  # another snapshot
+    run("20261205-000000-e", key, ckpt=False)  # killed before its first checkpoint
+    current = run("20261206-000000-f", key, ckpt=False)
+    assert checkpoint.interrupted_run(tmp_path, key, exclude=current) == newest
+    assert checkpoint.prune(newest / "checkpoints", 0) == 1 and not (newest / "checkpoints").exists()
+    assert checkpoint.interrupted_run(tmp_path, key, exclude=current) == tmp_path / "20261201-000000-a"
