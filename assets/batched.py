@@ -6,7 +6,7 @@ from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
 from kalm_core import warehouse as wh
-from kalm_core.batching import allowed_purity_gap, has_duplicate_texts, purity_ok, semi_homogeneous
+from kalm_core.batching import allowed_purity_gap, purity_ok, repeated_texts, semi_homogeneous
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
 from kalm_core.snapshot import write_snapshot
@@ -38,7 +38,7 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
-            rows_left_over=stats.rows_left_over, snapshot_path=dg.MetadataValue.path(str(snapshot)),
+            rows_left_over=stats.rows_left_over, repeated_texts_masked_in_loss=repeated_texts(out), snapshot_path=dg.MetadataValue.path(str(snapshot)),
             snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
             con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,
@@ -49,14 +49,15 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
 
 
 PURITY_CHECK = dg.AssetCheckKey(PURITY, "purity_matches_ratio")
-DUPLICATE_CHECK = dg.AssetCheckKey(BATCHES, "no_duplicate_text_in_batch")
+SOURCES_CHECK = dg.AssetCheckKey(BATCHES, "every_source_batched")
 
 
 @dg.multi_asset_check(specs=[
     dg.AssetCheckSpec(PURITY_CHECK.name, asset=PURITY, blocking=True,
                       description="the realised batch purity follows the semi-homogeneous ratio"),
-    dg.AssetCheckSpec(DUPLICATE_CHECK.name, asset=BATCHES, blocking=True,
-                      description="no text appears twice inside a batch (it would be a false negative)"),
+    dg.AssetCheckSpec(SOURCES_CHECK.name, asset=BATCHES, blocking=True,
+                      description="every source with kept training pairs has pairs in the batches: none vanishes "
+                                  "at batching"),
 ], can_subset=True)
 def batch_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     """Both checks of the batched layer in one step (a step costs ~0.1 s of Dagster's bookkeeping, more than
@@ -65,11 +66,22 @@ def batch_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseRes
     with warehouse.connect(read_only=True) as con:
         if PURITY_CHECK in wanted:
             yield purity_matches_ratio(context, con, get_profile(settings.profile).batch.purity_tolerance)
-        if DUPLICATE_CHECK in wanted:
-            frame = con.sql(f"select batch_id, query, positive, negatives from {table('batched', 'batches')}").pl()
-            yield dg.AssetCheckResult(asset_key=BATCHES, check_name=DUPLICATE_CHECK.name,
-                                      passed=not has_duplicate_texts(frame),
-                                      metadata={"batches": frame["batch_id"].n_unique()})
+        if SOURCES_CHECK in wanted:
+            yield every_source_batched(con)
+
+
+def every_source_batched(con) -> dg.AssetCheckResult:
+    counts = con.execute(
+        f"""select t.source, count(*) as kept, count(b.pair_id) as batched
+            from {table('marts', 'training_pairs')} t
+            left join {table('batched', 'batches')} b using (pair_id)
+            group by t.source order by t.source""").fetchall()
+    missing = [s for s, _, batched in counts if batched == 0]
+    return dg.AssetCheckResult(
+        asset_key=BATCHES, check_name=SOURCES_CHECK.name, passed=not missing,
+        metadata={"sources": len(counts), "sources_without_batches": ", ".join(missing) or "none",
+                  "batched_per_source": dg.MetadataValue.json({s: {"kept": k, "batched": b} for s, k, b in counts})},
+        description=f"sources with kept pairs but none in the batches: {', '.join(missing)}" if missing else None)
 
 
 def purity_matches_ratio(context: dg.AssetCheckExecutionContext, con, tol: float) -> dg.AssetCheckResult:

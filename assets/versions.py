@@ -25,7 +25,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot"),
     "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
                  "kalm_core.memory_budget", "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka",
-                 "kalm_core.losses.gather",
+                 "kalm_core.losses.gather", "kalm_core.losses.same_text",
                  "kalm_core.checkpoint", *MODEL),
     "evaluation": ("assets.evaluation", "kalm_core.evaluation", *MODEL),
 }

@@ -3,8 +3,10 @@
 Cut each group's shuffled rows (a group is a task type, or a source) into global batches. Then take
 `m = int(global_batch * (1 - ratio))` rows from every batch, pool them across all batches, shuffle, and put them
 back: ratio 1.0 gives pure in-task batches, where in-batch negatives are hardest; a lower ratio trades hardness for
-fewer false negatives. No text may appear twice in a batch (it would be a false negative), and the result is a
-deterministic function of the seed.
+fewer false negatives. Rows are placed so that texts repeat inside a batch as little as the data allows; where
+they must (a classification source's label-name positives), the loss masks the repeats out of each other's
+softmax (kalm_core/losses/same_text.py) instead of the rows being left out. The result is a deterministic function
+of the seed.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ def _texts(row: dict) -> set[str]:
 
 
 def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
-    """Fill batches in order, deferring a row whose texts clash with the batch being filled."""
+    """Fill batches in order, deferring a row whose texts clash with the batch being filled; rows that clash with
+    every batch (few distinct texts, e.g. label-name positives) then fill batches of their own, repeats and all.
+    Returns the batches and the rows short of one more batch."""
     batches, current, seen, deferred = [], [], set(), []
     queue = deque(rows)  # popleft is O(1): a task can hold hundreds of thousands of rows
     while queue:
@@ -70,35 +74,10 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
             current, seen = [], set()
             queue.extendleft(reversed(deferred))  # deferred rows go first into the next batch
             deferred = []
-    return batches, current + deferred
-
-
-def _repair(batches: list[list[dict]], rng: np.random.Generator) -> None:
-    """Swap rows between batches until no batch holds a text twice (mixing can bring clashes back)."""
-    for b, batch in enumerate(batches):
-        counts = Counter(t for r in batch for t in _texts(r))  # one pass per batch, updated on every swap
-        for pos in range(len(batch)):
-            own = _texts(batch[pos])
-            if all(counts[t] == 1 for t in own):
-                continue
-            others = {t for t, n in counts.items() if n - (t in own) > 0}
-            for ob in rng.permutation(len(batches)):
-                if ob == b:
-                    continue
-                other = batches[ob]
-                for op in rng.permutation(len(other)):
-                    cand = other[op]
-                    rest = {t for i, r in enumerate(other) if i != op for t in _texts(r)}
-                    if not (_texts(cand) & others) and not (own & rest):
-                        batch[pos], other[op] = cand, batch[pos]
-                        counts.subtract(own)
-                        counts.update(_texts(cand))
-                        break
-                else:
-                    continue
-                break
-            else:
-                raise BatchingError(f"cannot place a row without a duplicate text in batch {b}: too few distinct texts")
+    rest = current + deferred
+    full = len(rest) - len(rest) % size
+    batches += [rest[i:i + size] for i in range(0, full, size)]
+    return batches, rest[full:]
 
 
 def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
@@ -133,7 +112,6 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
         pooled = [pooled[i] for i in rng.permutation(len(pooled))]
         for i, b in enumerate(batches):
             b[size - m:] = pooled[i * m:(i + 1) * m]
-        _repair(batches, rng)  # 3. no text twice in a batch
     for b in batches:  # a batch's rows in a random order, so devices' micro-batches mix the same way
         b[:] = [b[i] for i in rng.permutation(len(b))]
 
@@ -157,10 +135,8 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
     return out, purity, stats
 
 
-def has_duplicate_texts(batches: pl.DataFrame) -> bool:
-    """True when any batch holds the same text twice (query, positive or negative)."""
-    for _, b in batches.group_by("batch_id"):
-        texts = [t for row in b.select("query", "positive", "negatives").iter_rows() for t in (row[0], row[1], *row[2])]
-        if len(texts) != len(set(texts)):
-            return True
-    return False
+def repeated_texts(batches: pl.DataFrame) -> int:
+    """Texts that appear more than once inside their batch, summed over batches (masked in the loss)."""
+    texts = batches.select("batch_id", pl.concat_list(pl.col("query"), pl.col("positive"), pl.col("negatives"))
+                           .alias("text")).explode("text")
+    return int(texts.group_by("batch_id", "text").len().filter(pl.col("len") > 1).height)

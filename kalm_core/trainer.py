@@ -36,6 +36,7 @@ from kalm_core.config import ModelConfig, Profile, TrainConfig, bf16_supported, 
 from kalm_core.grad_cache import ChunkedEncoder, grad_cache_backward, prepare
 from kalm_core.memory_budget import MemoryBudget
 from kalm_core.losses import InfoNCELoss, MatryoshkaLoss
+from kalm_core.losses.same_text import same_text_mask
 from kalm_core.model import Embedder, ModelLoadError
 from kalm_core.prompts import eval_task_prompts
 
@@ -115,11 +116,15 @@ def build_loss(tcfg: TrainConfig, hidden_size: int) -> MatryoshkaLoss:
 # -- data -----------------------------------------------------------------------------------------------------------
 class TokenizedSteps(torch.utils.data.Dataset):
     """Step i -> this device's (query ids, passage ids) of global batch i mod the batch count, tokenised when the
-    data loader asks for it: a snapshot of millions of pairs starts training at once and holds only its texts."""
+    data loader asks for it (a snapshot of millions of pairs starts training at once and holds only its texts), and
+    the mask of the batch's repeated texts over the scores the loss computes (None when all are distinct):
+    the global batch's when the loss gathers every device's embeddings, else this device's share."""
 
-    def __init__(self, batches, tokenizer, mcfg: ModelConfig, rank: int, world: int, epochs: int = 1):
+    def __init__(self, batches, tokenizer, mcfg: ModelConfig, rank: int, world: int, epochs: int = 1,
+                 gathered: bool = True):
         self.batches, self.tok, self.mcfg, self.rank, self.world, self.epochs = (batches, tokenizer, mcfg, rank,
                                                                                  world, epochs)
+        self.gathered = gathered or world == 1
 
     def __len__(self) -> int:
         return len(self.batches) * self.epochs
@@ -130,8 +135,11 @@ class TokenizedSteps(torch.utils.data.Dataset):
         group = len(b.passages) // len(b.queries)
         qs = b.queries[self.rank * per:(self.rank + 1) * per]
         ps = b.passages[self.rank * per * group:(self.rank + 1) * per * group]
+        mask = same_text_mask(b.queries[:per * self.world], b.passages[:per * self.world * group]) \
+            if self.gathered else same_text_mask(qs, ps)
         return (self.tok(qs, truncation=True, max_length=self.mcfg.query_max_len)["input_ids"],
-                self.tok(ps, truncation=True, max_length=self.mcfg.passage_max_len)["input_ids"])
+                self.tok(ps, truncation=True, max_length=self.mcfg.passage_max_len)["input_ids"],
+                None if mask is None else torch.from_numpy(mask))
 
 
 def step_loader(steps: TokenizedSteps, start: int, total: int, device: torch.device):
@@ -162,7 +170,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
         embedder.init_pca_projection(sample)  # same seed and texts on every rank: identical initial weights
     elif mcfg.projection not in (None, "pca"):
         raise ValueError(f"projection {mcfg.projection!r} is not one of None, 'pca'")
-    steps = TokenizedSteps(batches, embedder.tokenizer, mcfg, rank, world, tcfg.epochs)
+    steps = TokenizedSteps(batches, embedder.tokenizer, mcfg, rank, world, tcfg.epochs,
+                           gathered=loss_fn.inner.cross_device)
     total = min(len(steps), max_steps or tcfg.max_steps or len(steps))
     encoder = ChunkedEncoder(embedder)
     if world > 1:
@@ -195,7 +204,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
     budget = MemoryBudget(tcfg.keep_graph_tokens, device, tcfg.chunk_tokens, distributed=world > 1)
     t0, pairs_done, tokens_done = time.perf_counter(), 0, 0
     embedder.train()
-    for step, (q_ids, p_ids) in enumerate(step_loader(steps, start, total, device), start):
+    for step, (q_ids, p_ids, same_text) in enumerate(step_loader(steps, start, total, device), start):
+        loss_fn.inner.same_text = same_text
         loss = None
         while loss is None:  # again only after an out-of-memory attempt, with less memory (memory_budget.py)
             q_chunks, q_order, q_tok = prepare(q_ids, pad_id, chunk, device, budget.chunk_tokens)
@@ -248,6 +258,8 @@ def train(profile: Profile, snapshot: str | Path, output: str | Path, model_path
                   "pairs_per_s": pairs_done / elapsed, "tokens_per_s": tokens_done / elapsed}
         if loss_fn.last_masked is not None:  # false negatives masked at full dimension (global batch under DDP)
             record["masked_false_negatives"] = int(loss_fn.last_masked)
+        if same_text is not None:  # candidates repeating a query's own text or its positive's, masked
+            record["masked_same_text"] = int(same_text.sum())
         if rank == 0:
             log(record)
             with log_path.open("a") as f:

@@ -32,7 +32,7 @@ def test_file_accounting_fails_when_raw_lost_a_record(env, capsys):
     assert run_checks(check)[0] == {"file_accounting": False}
 
 
-def test_the_batch_checks_pass_at_a_ratio_below_one_and_fail_on_drift_or_a_repeated_text(env, monkeypatch, capsys):
+def test_the_batch_checks_pass_at_a_ratio_below_one_and_fail_on_drift_or_a_vanished_source(env, monkeypatch, capsys):
     mixed = replace(PROFILES["tiny"], name="mixed", batch=BatchConfig(per_device_batch=2, group_by="source", ratio=0.5))
     monkeypatch.setitem(PROFILES, "mixed", mixed)
     monkeypatch.setenv("KALM_PROFILE", "mixed")
@@ -42,12 +42,11 @@ def test_the_batch_checks_pass_at_a_ratio_below_one_and_fail_on_drift_or_a_repea
     with warehouse.connect() as con:  # batches far purer than the ratio asks for
         con.execute("update batched.batch_purity set purity = 1.0, expected_purity = 0.1")
     assert run_checks(check)[0] == {"purity_matches_ratio": False}
-    duplicates = dg.AssetCheckKey(K(["batched", "batches"]), "no_duplicate_text_in_batch")
-    assert run_checks(duplicates)[0] == {"no_duplicate_text_in_batch": True}  # one check of the step, alone
-    with warehouse.connect() as con:  # a batch's second query repeats its first: a false negative
-        con.execute("update batched.batches b set query = (select query from batched.batches f where f.batch_id = "
-                    "b.batch_id and f.position = 0) where position = 1")
-    assert run_checks(check, duplicates)[0] == {"purity_matches_ratio": False, "no_duplicate_text_in_batch": False}
+    sources = dg.AssetCheckKey(K(["batched", "batches"]), "every_source_batched")
+    assert run_checks(sources)[0] == {"every_source_batched": True}  # one check of the step, alone
+    with warehouse.connect() as con:  # a source with kept pairs loses all of its rows from the batches
+        con.execute("delete from batched.batches where source = (select min(source) from batched.batches)")
+    assert run_checks(check, sources)[0] == {"purity_matches_ratio": False, "every_source_batched": False}
 
 
 def test_a_dead_llm_backend_fails_the_synthesis_checks(env, monkeypatch, capsys):

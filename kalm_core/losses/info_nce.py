@@ -47,6 +47,9 @@ class InfoNCELoss(torch.nn.Module):
         self.cross_device = cross_device
         self.false_negative_margin = false_negative_margin
         self.last_masked: torch.Tensor | None = None  # candidates masked in the last call (a tensor: no sync)
+        # (N, N * G) bool for the next batch: candidates identical to a query's positive or to the query itself
+        # (kalm_core/losses/same_text.py), set per step by the trainer; None: every text in the batch is distinct
+        self.same_text: torch.Tensor | None = None
 
     def gather(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every rank's queries and passages, local slices keeping their gradient."""
@@ -64,6 +67,11 @@ class InfoNCELoss(torch.nn.Module):
         with torch.autocast(q.device.type, enabled=False):
             scores = q.float() @ p.float().T  # (N, N * G) cosines
             target = torch.arange(n, device=q.device) * group  # (N,) each query's positive
+            if self.same_text is not None:
+                if self.same_text.shape != scores.shape:
+                    raise ValueError(f"same_text mask {tuple(self.same_text.shape)} does not match the scores "
+                                     f"{tuple(scores.shape)}")
+                scores = scores.masked_fill(self.same_text.to(scores.device), float("-inf"))
             if self.false_negative_margin is not None:
                 scores = self.mask_false_negatives(scores, target)
             loss = F.cross_entropy(scores / self.temperature, target)

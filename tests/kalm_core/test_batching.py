@@ -1,11 +1,12 @@
-"""Semi-homogeneous batches: purity follows the ratio, no text twice in a batch, deterministic for a seed."""
+"""Semi-homogeneous batches: purity follows the ratio, texts repeat in a batch only where the data forces it (and
+the loss masks them), no source is left out for repeating texts, deterministic for a seed."""
 
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalm_core.batching import BatchingError, has_duplicate_texts, semi_homogeneous
+from kalm_core.batching import BatchingError, repeated_texts, semi_homogeneous
 from kalm_core.config import BatchConfig
 from kalm_core.snapshot import SNAPSHOT_COLUMNS, write_snapshot
 
@@ -36,7 +37,7 @@ def test_realised_purity_follows_the_ratio(ratio, per_device, world, sizes):
     assert stats.purity_ok(0.25), stats  # within a quarter of the expected mixing plus 3 sampling SDs
     assert stats.purity_sd <= 0.1 and (stats.purity_sd == 0) == (stats.mixed_per_batch == 0)
     assert out.select("batch_id", "position").is_unique().all()
-    assert not has_duplicate_texts(out)
+    assert repeated_texts(out) == 0  # every text of these sources is distinct
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():
@@ -47,15 +48,28 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert one.equals(two) and not one.equals(three)
 
 
-def test_a_text_shared_by_many_rows_never_lands_twice_in_a_batch():
+def test_a_text_shared_by_many_rows_still_batches_with_its_repeats_left_to_the_loss():
     data = pairs({"a": 30}, shared_negative=True)  # every row carries the same negative
-    with pytest.raises(BatchingError, match="do not fill one global batch"):
-        semi_homogeneous(data, BatchConfig(per_device_batch=2))
-    mixed = pl.concat([pairs({"a": 64}), pairs({"b": 64})])
+    out, _, stats = semi_homogeneous(data, BatchConfig(per_device_batch=2))
+    assert stats.rows_batched == 30 and stats.rows_left_over == 0
+    assert repeated_texts(out) == 15  # the shared negative, twice in each of the 15 batches: masked in the loss
+    mixed = pl.concat([pairs({"a": 64}), pairs({"b": 64})])  # one clash, which the order of rows avoids
     out, _, _ = semi_homogeneous(mixed.with_columns(
         pl.when(pl.col("pair_id").str.ends_with("-0")).then(pl.lit(["b p 1"])).otherwise(pl.col("negatives"))
-        .alias("negatives")), BatchConfig(per_device_batch=8, ratio=0.0, seed=0))
-    assert not has_duplicate_texts(out)
+        .alias("negatives")), BatchConfig(per_device_batch=8, ratio=1.0, seed=0))
+    assert repeated_texts(out) == 0 and out.height == 128
+
+
+def test_a_label_source_beside_a_retrieval_source_reaches_the_batches_whole():
+    """500 texts over 10 label names: before, at most 10 fitted a batch without repeating a positive, and the
+    rest were left over without a word."""
+    labels = pl.DataFrame([{"pair_id": f"c-{i}", "query": f"text {i}", "positive": f"label {i % 10}",
+                            "negatives": [f"label {(i + 1) % 10}"], "task_type": "classification",
+                            "instruction": "classify", "source": "cls"} for i in range(512)])
+    data = pl.concat([labels, pairs({"retrieval": 256})])
+    out, _, stats = semi_homogeneous(data, BatchConfig(per_device_batch=32, ratio=1.0))
+    assert stats.rows_left_over == 0 and out.filter(pl.col("source") == "cls").height == 512
+    assert repeated_texts(out) > 0  # label names repeat inside classification batches: the loss masks them
 
 
 def test_bad_config_is_refused():

@@ -124,3 +124,30 @@ def test_false_negative_masking_removes_a_planted_false_negative_and_only_it():
     mrl = MatryoshkaLoss(InfoNCELoss(0.05, false_negative_margin=0.02), dims=(32, 16), weights=(1.0, 0.5))
     mrl.compute_loss_from_embeddings(q, p)
     assert int(mrl.last_masked) == 1  # counted at full dimension
+
+
+def test_repeated_texts_leave_each_others_softmax_and_nothing_else_does():
+    """A classification batch: queries a and b share the label positive L1; query c's own negative is the text of
+    query a; query d asks a's question again with another positive."""
+    from kalm_core.losses.same_text import same_text_mask
+
+    queries = ["a", "b", "c", "a"]
+    passages = ["L1", "n1", "L1", "n2", "L2", "a", "L3", "n4"]  # group size 2
+    mask = same_text_mask(queries, passages)
+    expected = {(0, 2), (0, 5), (0, 6),  # a: b's copy of its positive L1, its own text, its repeat's positive L3
+                (1, 0),  # b: a's copy of L1
+                (3, 0), (3, 2), (3, 5)}  # the repeated a: the first a's positive L1 (and b's copy), its own text
+    assert {tuple(ij) for ij in torch.nonzero(torch.from_numpy(mask)).tolist()} == expected
+    assert same_text_mask(["x", "y"], ["px", "nx", "py", "ny"]) is None  # all distinct: nothing to mask
+
+    q, p = emb(4, 16, 21), emb(8, 16, 22)
+    loss = InfoNCELoss(0.05)
+    loss.same_text = torch.from_numpy(mask)
+    logits = (q @ p.T) / 0.05
+    for i, j in expected:
+        logits[i, j] = float("-inf")
+    assert torch.allclose(loss.compute_loss_from_embeddings(q, p),
+                          F.cross_entropy(logits, torch.tensor([0, 2, 4, 6])), atol=1e-6)
+    loss.same_text = torch.zeros(3, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="does not match the scores"):
+        loss.compute_loss_from_embeddings(q, p)
