@@ -10,6 +10,8 @@ from kalm_core import extract, python_docs
 from kalm_core.catalog import Catalog, Source
 from assets.common import table_metadata
 from kalm_core.identifiers import table
+from kalm_core.sources.beir import load_beir_source
+from kalm_core.sources.read import load_layout_source
 from kalm_core.versions import code_version
 
 
@@ -44,14 +46,19 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             if src.kind == "python-docs":
                 stats = extract.load_frame_source(con, src, python_docs.harvest(src.packages))
+            elif src.format == "beir":  # corpus, queries and qrels joined
+                stats = load_beir_source(con, src, catalog.base_dir)
+            elif src.layout is not None:  # classification, clustering, NLI, STS, ... rows as pairs
+                stats = load_layout_source(con, src, catalog.base_dir)
             else:
                 stats = extract.load_file_source(con, src, catalog.base_dir)
             meta = table_metadata(con, "raw", src.name, rows=stats.rows, records=stats.records,
-                                  malformed_records=stats.malformed,
+                                  malformed_records=stats.malformed, kept_out_records=stats.kept_out,
                                   uri=src.resolved_uri(catalog.base_dir) if src.uri else "python-docs",
                                   records_in_file=-1 if stats.file_records is None else stats.file_records,
                                   max_rows=src.max_rows or 0)
-        context.log.info(f"raw/{src.name}: {stats.rows} rows from {stats.records} records")
+        kept_out = f", {stats.kept_out} kept out by its {src.layout} layout" if stats.kept_out else ""
+        context.log.info(f"raw/{src.name}: {stats.rows} rows from {stats.records} records{kept_out}")
         return dg.MaterializeResult(metadata=meta)
 
     return _raw

@@ -20,7 +20,7 @@ from kalm_core.identifiers import check_identifier
 PACKAGED_CATALOG = Path(str(files("kalm_core") / "catalog" / "sources.yaml"))  # package data (catalog/)
 DEFAULT_PERSONAS = PACKAGED_CATALOG.parent / "personas.jsonl"
 PROJECT_CATALOG = Path("catalog") / "sources.yaml"  # relative to the working directory (`kalm --project DIR`)
-TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking")
+TASK_TYPES = ("retrieval", "sts", "classification", "clustering", "bitext", "reranking", "nli", "pair_classification")
 # Tables the pipeline itself keeps beside the per-source ones: staged.rejects, filtered.synthetic.
 RESERVED_NAMES = ("rejects", "synthetic")
 
@@ -30,13 +30,32 @@ class CatalogError(ValueError):
 
 
 class Columns(BaseModel):
-    """Where the normalised columns come from. Defaults read FlagEmbedding jsonl as is."""
+    """Where the normalised columns come from. Defaults read FlagEmbedding jsonl as is. A task layout names its own
+    columns instead (kalm_core/sources): text + label (classification, clustering), premise + hypothesis + label
+    (nli), sentence1 + sentence2 (+ score for sts, + label for pair_classification; bitext)."""
 
     model_config = ConfigDict(extra="forbid")
     query: str = "query"
     positive: str = "pos"
     negatives: str | list[str] | None = "neg"
     id: str | None = None
+    text: str | None = None
+    label: str | None = None
+    label_text: str | None = None
+    premise: str | None = None
+    hypothesis: str | None = None
+    sentence1: str | None = None
+    sentence2: str | None = None
+    score: str | None = None
+
+
+# The task layouts a source's rows can come in (kalm_core/sources), the columns each needs and the task types it serves
+LAYOUTS = {
+    "labels": (("text", "label"), ("classification", "clustering")),
+    "nli": (("premise", "hypothesis", "label"), ("nli",)),
+    "sentence_pairs": (("sentence1", "sentence2"), ("sts", "pair_classification", "bitext")),
+}
+LAYOUT_COLUMNS = {"text", "label", "label_text", "premise", "hypothesis", "sentence1", "sentence2", "score"}
 
 
 class Source(BaseModel):
@@ -45,7 +64,9 @@ class Source(BaseModel):
     name: str
     kind: Literal["file", "python-docs"] = "file"
     uri: str | None = None
-    format: Literal["auto", "parquet", "jsonl", "json", "csv"] = "auto"
+    # beir: a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv (kalm_core/sources/beir.py)
+    format: Literal["auto", "parquet", "jsonl", "json", "csv", "beir"] = "auto"
+    split: str | None = None  # beir: which qrels/<split>.tsv (default train)
     columns: Columns = Field(default_factory=Columns)
     packages: list[str] = Field(default_factory=list)
     task_type: str = "retrieval"
@@ -53,6 +74,10 @@ class Source(BaseModel):
     language: str = "en"
     max_rows: int | None = Field(default=None, gt=0)
     held_out: bool = False
+    # label layouts (kalm_core/sources/labels.py): the label's text as the positive, or another text of the label
+    pairing: Literal["label", "same_label"] = "label"
+    label_names: list[str] | None = None  # names of integer labels 0..n-1 (classification, clustering, nli)
+    min_score: float | None = None  # sts: a pair scoring at least this is a positive
 
     @field_validator("name")
     @classmethod
@@ -76,6 +101,58 @@ class Source(BaseModel):
         if self.kind == "python-docs" and not self.packages:
             raise ValueError("a python-docs source needs 'packages'")
         return self
+
+    @model_validator(mode="after")
+    def _layout_fields(self) -> "Source":
+        """A task layout's columns, all of them, for a task type it serves; its settings only with it."""
+        layout = self.layout
+        stray = sorted((self.columns.model_fields_set & LAYOUT_COLUMNS) - set(LAYOUTS[layout][0] if layout else ())
+                       - ({"label_text"} if layout == "labels" else set())
+                       - ({"score", "label"} if layout == "sentence_pairs" else set()))
+        if stray:
+            raise ValueError(f"columns {stray} belong to another task layout "
+                             f"({'; '.join(f'{k}: {list(v[0])}' for k, v in LAYOUTS.items())})")
+        if layout is not None:
+            needed, types = LAYOUTS[layout]
+            missing = [c for c in needed if getattr(self.columns, c) is None]
+            if missing:
+                raise ValueError(f"the {layout} layout needs columns {list(needed)}; missing {missing}")
+            if self.task_type not in types:
+                raise ValueError(f"columns {list(needed)} are the layout of task_type {' or '.join(types)}, "
+                                 f"not {self.task_type!r}")
+            if self.task_type == "sts" and (self.columns.score is None or self.min_score is None):
+                raise ValueError("an sts source of sentence pairs needs columns.score and min_score (a pair scoring "
+                                 "at least min_score is a positive)")
+            if self.task_type == "pair_classification" and self.columns.label is None:
+                raise ValueError("a pair_classification source needs columns.label (label 1: a positive pair)")
+        if "pairing" in self.model_fields_set and layout != "labels":
+            raise ValueError("'pairing' applies to a classification or clustering source with columns text and label")
+        if self.label_names is not None and layout not in ("labels", "nli"):
+            raise ValueError("'label_names' applies to a source with a label column (classification, clustering, nli)")
+        if self.min_score is not None and self.task_type != "sts":
+            raise ValueError("'min_score' applies to an sts source")
+        if self.format == "beir":
+            if layout is not None or self.columns.model_fields_set:
+                raise ValueError("a beir folder has fixed columns (corpus _id/title/text, queries _id/text, qrels): "
+                                 "give no 'columns'")
+            if self.task_type not in ("retrieval", "reranking"):
+                raise ValueError(f"a beir folder holds retrieval data, not {self.task_type!r}")
+        elif self.split is not None:
+            raise ValueError("'split' applies to a source with format: beir")
+        return self
+
+    @property
+    def beir_split(self) -> str:
+        return self.split or "train"
+
+    @property
+    def layout(self) -> str | None:
+        """The task layout the columns name (kalm_core/sources), or None for query / positive / negatives."""
+        given = self.columns.model_fields_set
+        for name, (needed, _) in LAYOUTS.items():
+            if needed[0] in given:
+                return name
+        return None
 
     def resolved_format(self) -> str:
         """The reader to use: given, or inferred from the URI's extension."""

@@ -4,7 +4,8 @@ Every record of the file becomes at least one raw row (one per positive): a malf
 decode is kept with `load_error` and its original text, so staging can quarantine it and nothing is lost.
 
 Output columns: source, row_number (1-based record number in the file), positive_index, record_id, query,
-positive, negatives (VARCHAR[]), load_error, raw_record, content_hash, loaded_at.
+positive, negatives (VARCHAR[]), load_error, kept_out, raw_record, content_hash, loaded_at. `kept_out`: why a task
+layout made no pair of the record (kalm_core/sources), e.g. a neutral NLI hypothesis.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class RawStats:
     rows: int  # raw rows written (one per positive)
     malformed: int  # records kept with a load_error
     file_records: int | None = None  # physical records of the file, counted before parsing (None: remote)
+    kept_out: int = 0  # records a task layout turned into no pair, each with its reason (kalm_core/sources)
 
 
-def _qcol(name: str) -> str:
+def quote_column(name: str) -> str:
     """Quote a column name that comes from a file header (any text; embedded quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
 
@@ -75,7 +77,7 @@ def _resolve_columns(src: Source, available: list[str], uri: str) -> dict[str, s
     return chosen
 
 
-def _stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | None]:
+def stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | None]:
     """Read the file into temp table _kalm_lines (jsonl) or _kalm_src; returns (reader kind, available columns,
     describe types, physical records of the file or None where they cannot be counted before reading)."""
     fmt = src.resolved_format()
@@ -155,7 +157,7 @@ def _jsonl_keys(con, src: Source) -> list[str]:
         return keys("")
 
 
-def _rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
+def rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
     """(record ordinal, original text, reason) of every line DuckDB's reader, or the Python split, rejected."""
     tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where table_name in "
                                         "('_kalm_rejects', '_kalm_py_rejects')").fetchall()}
@@ -182,7 +184,7 @@ def _normalise_jsonl(con, cols: dict) -> None:
     neg_names = [neg] if isinstance(neg, str) else list(neg or [])
     members = [c for c in (cols["query"], cols["positive"], cols.get("id"), *neg_names) if c]
     structure = json.dumps({m: "JSON" for m in members})
-    rec = lambda name: f"rec.{_qcol(name)}"  # noqa: E731
+    rec = lambda name: f"rec.{quote_column(name)}"  # noqa: E731
     negatives = [_json_list(rec(n)) for n in neg_names]
     neg_sql = ("list_concat(" + ", ".join(negatives) + ")" if len(negatives) > 1
                else negatives[0] if negatives else "cast([] as varchar[])")
@@ -212,7 +214,8 @@ def _normalise_jsonl(con, cols: dict) -> None:
                     else cast([] as varchar[]) end as negatives,
                case when rec is not null then {rid} end as record_id,
                load_error,
-               case when load_error is null then null else line end as raw_record
+               case when load_error is null then null else line end as raw_record,
+               cast(null as varchar) as kept_out
         from checked""",
         {"structure": structure},
     )
@@ -221,14 +224,14 @@ def _normalise_jsonl(con, cols: dict) -> None:
 def _normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
     """Typed columns of _kalm_src -> _kalm_norm (a temp table, or a view the raw table reads in the same pass)."""
     def as_list(name: str) -> str:  # a null list is an empty one, like a JSON null
-        return (f"coalesce(cast({_qcol(name)} as varchar[]), [])" if types[name].endswith("[]")
-                else f"[cast({_qcol(name)} as varchar)]")
+        return (f"coalesce(cast({quote_column(name)} as varchar[]), [])" if types[name].endswith("[]")
+                else f"[cast({quote_column(name)} as varchar)]")
 
     neg = cols.get("negatives")
     names = [neg] if isinstance(neg, str) else list(neg or [])
     negatives = "list_concat(" + ", ".join(as_list(n) for n in names) + ")" if len(names) > 1 else (
         as_list(names[0]) if names else "cast([] as varchar[])")
-    rid = f"cast({_qcol(cols['id'])} as varchar)" if cols.get("id") else "null"
+    rid = f"cast({quote_column(cols['id'])} as varchar)" if cols.get("id") else "null"
     qtype, ptype = types[cols["query"]], types[cols["positive"]]
     # a typed column that is not text makes every row a load error with the type named, never its text form
     error = (f"query is not text ({qtype})" if qtype != "VARCHAR"
@@ -238,23 +241,24 @@ def _normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
             f"""create or replace temp table _kalm_norm as
             select rowid + 1 as ordinal, cast(null as varchar) as query, cast([] as varchar[]) as positives,
                    cast([] as varchar[]) as negatives, {rid} as record_id, $error as load_error,
-                   cast(to_json(_kalm_src) as varchar) as raw_record
+                   cast(to_json(_kalm_src) as varchar) as raw_record, cast(null as varchar) as kept_out
             from _kalm_src""", {"error": error})
         return
     con.execute(
         f"""create or replace temp {kind} _kalm_norm as
         select rowid + 1 as ordinal,
-               cast({_qcol(cols['query'])} as varchar) as query,
+               cast({quote_column(cols['query'])} as varchar) as query,
                {as_list(cols['positive'])} as positives,
                list_filter({negatives}, lambda x: x is not null) as negatives,
                {rid} as record_id,
                cast(null as varchar) as load_error,
-               cast(null as varchar) as raw_record
+               cast(null as varchar) as raw_record,
+               cast(null as varchar) as kept_out
         from _kalm_src"""
     )
 
 
-def _add_rejected_lines(con, rejected: list[tuple[int, str, str]]) -> None:
+def add_rejected_lines(con, rejected: list[tuple[int, str, str]]) -> None:
     """Undecodable lines join the records with their true line number; the others keep file order around them."""
     if not rejected:
         return
@@ -273,22 +277,24 @@ def _add_rejected_lines(con, rejected: list[tuple[int, str, str]]) -> None:
             select line, row_number() over (order by line) as ordinal
             from all_lines where line not in (select line from _kalm_bad)
         )
-        select g.line as ordinal, n.query, n.positives, n.negatives, n.record_id, n.load_error, n.raw_record
+        select g.line as ordinal, n.query, n.positives, n.negatives, n.record_id, n.load_error, n.raw_record,
+               n.kept_out
         from _kalm_norm as n join good_lines as g on g.ordinal = n.ordinal
         union all
-        select line, null, cast([] as varchar[]), cast([] as varchar[]), null, load_error, raw_record from _kalm_bad"""
+        select line, null, cast([] as varchar[]), cast([] as varchar[]), null, load_error, raw_record, null
+        from _kalm_bad"""
     )
     con.unregister("_kalm_bad")
 
 
-def _finish(con, src: Source) -> RawStats:
+def write_raw(con, src: Source) -> RawStats:
     """_kalm_norm (one row per record) -> raw.<source> (one row per positive) with lineage columns."""
     limit = f"where ordinal <= {int(src.max_rows)}" if src.max_rows else ""
     con.execute(
         f"""create or replace table {table('raw', src.name)} as
         with records as (select * from _kalm_norm {limit}),
         exploded as (
-            select ordinal, record_id, query, negatives, load_error, raw_record,
+            select ordinal, record_id, query, negatives, load_error, raw_record, kept_out,
                    unnest(case when len(positives) = 0 then [null] else positives end) as positive,
                    generate_subscripts(case when len(positives) = 0 then [null] else positives end, 1)
                        as positive_index
@@ -302,6 +308,7 @@ def _finish(con, src: Source) -> RawStats:
                positive,
                negatives,
                load_error,
+               kept_out,
                raw_record,
                md5(concat_ws(chr(31), query, positive, array_to_string(negatives, chr(31)), raw_record))
                    as content_hash,
@@ -310,11 +317,12 @@ def _finish(con, src: Source) -> RawStats:
         {"source": src.name},
     )
     # every record became exactly one row with positive_index 1 (a record without positives: one null positive)
-    rows, records, malformed = con.execute(
+    rows, records, malformed, kept_out = con.execute(
         f"select count(*), count(*) filter (positive_index = 1), "
-        f"count(*) filter (positive_index = 1 and load_error is not null) from {table('raw', src.name)}"
+        f"count(*) filter (positive_index = 1 and load_error is not null), "
+        f"count(*) filter (positive_index = 1 and kept_out is not null) from {table('raw', src.name)}"
     ).fetchall()[0]
-    return RawStats(records=records, rows=rows, malformed=malformed)
+    return RawStats(records=records, rows=rows, malformed=malformed, kept_out=kept_out)
 
 
 _TEXT = ("VARCHAR", "VARCHAR[]")
@@ -352,7 +360,7 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
                 or (cols.get("id") and types[cols["id"]] not in ("VARCHAR", "BIGINT", "UBIGINT"))):
             return None
         _normalise_table(con, cols, types, kind="view")
-        stats = _finish(con, src)  # one statement: raw.<source> is replaced in one commit
+        stats = write_raw(con, src)  # one statement: raw.<source> is replaced in one commit
     finally:
         con.execute("drop view if exists _kalm_norm; drop table if exists _kalm_src")
     return replace(stats, file_records=scan.records)
@@ -365,28 +373,28 @@ def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
         stats = _load_clean_jsonl(con, src, uri)
         if stats is not None:
             return stats
-    kind, available, types, n_records = _stage_file(con, src, uri)
+    kind, available, types, n_records = stage_file(con, src, uri)
     if n_records == 0:
         raise SourceError(f"source {src.name!r}: {uri} holds no records (an empty file)")
     cols = _resolve_columns(src, available, uri)
-    rejected = _rejected_lines(con, kind)
+    rejected = rejected_lines(con, kind)
     if kind == "jsonl":
         _normalise_jsonl(con, cols)
     else:
         _normalise_table(con, cols, types)
-    _add_rejected_lines(con, rejected)
-    return replace(_finish(con, src), file_records=n_records)
+    add_rejected_lines(con, rejected)
+    return replace(write_raw(con, src), file_records=n_records)
 
 
 def load_frame_source(con, src: Source, frame: pl.DataFrame) -> RawStats:
     """Write an extracted frame (ordinal, query, positives, negatives, record_id) into raw.<name>."""
     frame = frame.with_columns(
-        pl.lit(None, pl.Utf8).alias("load_error"), pl.lit(None, pl.Utf8).alias("raw_record")
-    ).select("ordinal", "query", "positives", "negatives", "record_id", "load_error", "raw_record")
+        pl.lit(None, pl.Utf8).alias(c) for c in ("load_error", "raw_record", "kept_out") if c not in frame.columns
+    ).select("ordinal", "query", "positives", "negatives", "record_id", "load_error", "raw_record", "kept_out")
     con.register("_kalm_frame", frame.to_arrow())
     con.execute("create or replace temp table _kalm_norm as select * from _kalm_frame")
     con.unregister("_kalm_frame")
-    return replace(_finish(con, src), file_records=frame.height)
+    return replace(write_raw(con, src), file_records=frame.height)
 
 
 def file_fingerprint(src: Source, base_dir: Path) -> str:
@@ -398,6 +406,10 @@ def file_fingerprint(src: Source, base_dir: Path) -> str:
     uri = src.resolved_uri(base_dir)
     if not _is_local(uri):
         return hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if src.format == "beir":
+        from kalm_core.sources.beir import fingerprint  # its three files, not the folder
+
+        return fingerprint(Path(uri), src.beir_split)
     h = hashlib.sha256()
     for f in sorted(glob.glob(uri)):
         h.update(f.encode())

@@ -19,6 +19,7 @@ normalised as (
         record_id,
         content_hash,
         load_error,
+        kept_out,
         raw_record,
         -- text: trimmed, unicode NFC (kalm_clean: kalm_core/pairs.py)
         kalm_clean(query) as query,
@@ -32,6 +33,7 @@ classified as (
         *,
         case
             when load_error is not null then 'malformed record: ' || load_error
+            when kept_out is not null then kept_out
             when query is null or query = '' then 'empty query'
             when positive is null or positive = '' then 'empty positive'
             when query = positive then 'query equals positive'

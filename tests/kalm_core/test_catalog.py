@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from kalm_core.catalog import CatalogError, Source, load_catalog
 from kalm_core.identifiers import InvalidIdentifier, check_identifier, table
@@ -77,3 +78,21 @@ def test_an_over_long_name_is_refused_naming_the_limit():
     assert check_identifier("a" * 63) == "a" * 63
     with pytest.raises(InvalidIdentifier, match="200 characters long: at most 63"):
         check_identifier("a" * 200, "source name")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"task_type": "retrieval", "columns": {"text": "t", "label": "l"}}, "layout of task_type classification or "
+                                                                         "clustering, not 'retrieval'"),
+    ({"task_type": "classification", "columns": {"text": "t"}}, r"needs columns \['text', 'label'\]; missing"),
+    ({"task_type": "sts", "columns": {"sentence1": "a", "sentence2": "b"}}, "needs columns.score and min_score"),
+    ({"task_type": "nli", "columns": {"premise": "p", "hypothesis": "h", "label": "l", "score": "s"}},
+     r"columns \['score'\] belong to another task layout"),
+    ({"task_type": "classification", "columns": {"label": "l"}}, r"columns \['label'\] belong to another"),
+    ({"pairing": "same_label"}, "'pairing' applies to a classification or clustering source"),
+    ({"min_score": 3.0}, "'min_score' applies to an sts source"),
+])
+def test_a_task_layout_needs_its_columns_and_its_task_type(tmp_path, entry, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"sources": [{"name": "s", "uri": "s.parquet", **entry}]}))
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(path)

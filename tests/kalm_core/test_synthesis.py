@@ -211,7 +211,7 @@ def test_synthetic_pairs_get_the_pair_id_staging_gives(con):
     cleaned_q, cleaned_p, ids = pair_ids(con, q, p)
     assert cleaned_q[0] == "caf\u00e9 query\t" and cleaned_p[0] == "answer"  # NFC; DuckDB's trim strips spaces
     con.execute("create or replace temp table _one as select 'x' as source, 1 as row_number, "
-                "1 as positive_index, null as record_id, 'h' as content_hash, null as load_error, "
+                "1 as positive_index, null as record_id, 'h' as content_hash, null as load_error, cast(null as varchar) as kept_out, "
                 "null as raw_record, ? as query, ? as positive, cast([] as varchar[]) as negatives", [q[0], p[0]])
     con.execute("create or replace temp view raw_input as select * from _one")
     from kalm_core.staging import STAGING_SQL
