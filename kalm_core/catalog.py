@@ -62,11 +62,16 @@ class Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["file", "python-docs"] = "file"
+    kind: Literal["file", "python-docs", "sql"] = "file"
     uri: str | None = None
     # beir: a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv (kalm_core/sources/beir.py)
     format: Literal["auto", "parquet", "jsonl", "json", "csv", "beir"] = "auto"
     split: str | None = None  # beir: which qrels/<split>.tsv (default train)
+    # kind sql (kalm_core/sources/sql_source.py): a SELECT over the named files, each a DuckDB variable of its name
+    sql: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+    header: bool = True  # csv/tsv: false for a headerless file (MS MARCO's), whose columns `column_names` gives
+    column_names: list[str] | None = None
     columns: Columns = Field(default_factory=Columns)
     packages: list[str] = Field(default_factory=list)
     task_type: str = "retrieval"
@@ -100,6 +105,13 @@ class Source(BaseModel):
             raise ValueError("a file source needs a 'uri'")
         if self.kind == "python-docs" and not self.packages:
             raise ValueError("a python-docs source needs 'packages'")
+        if self.kind == "sql":
+            if not self.sql or not self.files:
+                raise ValueError("a sql source needs 'sql' (its SELECT's file) and 'files' (name: path of each input)")
+            for name in self.files:
+                check_identifier(name, "input file name")
+        elif self.sql or self.files:
+            raise ValueError("'sql' and 'files' belong to a source of kind: sql")
         return self
 
     @model_validator(mode="after")
@@ -139,6 +151,12 @@ class Source(BaseModel):
                 raise ValueError(f"a beir folder holds retrieval data, not {self.task_type!r}")
         elif self.split is not None:
             raise ValueError("'split' applies to a source with format: beir")
+        if not self.header and not self.column_names:
+            raise ValueError("a headerless file (header: false) needs its column_names")
+        if self.column_names is not None and self.header:
+            raise ValueError("column_names names the columns of a headerless file: set header: false with it")
+        if not self.header and self.kind == "file" and self.uri and self.resolved_format() != "csv":
+            raise ValueError("header: false applies to a csv or tsv file")
         return self
 
     @property

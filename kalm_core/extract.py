@@ -50,7 +50,7 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri
 
 
-def _resolve_columns(src: Source, available: list[str], uri: str) -> dict[str, str | list[str] | None]:
+def resolve_columns(src: Source, available: list[str], uri: str) -> dict[str, str | list[str] | None]:
     """Pick each mapped column, or fail listing the expected and the available columns."""
     given = src.columns.model_fields_set
     chosen: dict[str, str | list[str] | None] = {}
@@ -92,13 +92,16 @@ def stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | 
             n_records = _stage_lines(con, uri)
             _refuse_json_array(con, src, uri)
             return "jsonl", _jsonl_keys(con, src), {}, n_records
+        headerless = "" if src.header else ", header=false, names=$names"
         reader = {
             "parquet": "read_parquet($u)",
             "json": "read_json_auto($u)",
-            "csv": "read_csv($u, store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
+            "csv": f"read_csv($u, store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans'"
+                   f"{headerless})",
         }[fmt]
-        n_records = records.physical_records(uri, fmt)
-        con.execute(f"create or replace temp table _kalm_src as select * from {reader}", {"u": uri})
+        n_records = records.physical_records(uri, fmt, src.header)
+        con.execute(f"create or replace temp table _kalm_src as select * from {reader}",
+                    {"u": uri, **({} if src.header else {"names": src.column_names})})
         types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
         return fmt, list(types), types, n_records
     except duckdb.Error as e:
@@ -151,13 +154,13 @@ def _jsonl_keys(con, src: Source) -> list[str]:
 
     sample = keys(f"limit {KEY_SAMPLE_LINES}")
     try:
-        _resolve_columns(src, sample, "")
+        resolve_columns(src, sample, "")
         return sample
     except SourceError:
         return keys("")
 
 
-def rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
+def rejected_lines(con, kind: str, header: bool = True) -> list[tuple[int, str, str]]:
     """(record ordinal, original text, reason) of every line DuckDB's reader, or the Python split, rejected."""
     tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where table_name in "
                                         "('_kalm_rejects', '_kalm_py_rejects')").fetchall()}
@@ -165,9 +168,9 @@ def rejected_lines(con, kind: str) -> list[tuple[int, str, str]]:
         return con.execute("select line, csv_line, reason from _kalm_py_rejects order by line").fetchall()
     if "_kalm_rejects" not in tables:
         return []
-    header = 1 if kind == "csv" else 0  # reject line numbers count the CSV header line
+    skip = 1 if kind == "csv" and header else 0  # reject line numbers count the CSV header line
     return con.execute(
-        f"select line - {header}, any_value(coalesce(csv_line, '')), "
+        f"select line - {skip}, any_value(coalesce(csv_line, '')), "
         "string_agg(distinct error_type::varchar || ': ' || error_message, '; ') from _kalm_rejects group by line"
     ).fetchall()
 
@@ -221,7 +224,7 @@ def _normalise_jsonl(con, cols: dict) -> None:
     )
 
 
-def _normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
+def normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
     """Typed columns of _kalm_src -> _kalm_norm (a temp table, or a view the raw table reads in the same pass)."""
     def as_list(name: str) -> str:  # a null list is an empty one, like a JSON null
         return (f"coalesce(cast({quote_column(name)} as varchar[]), [])" if types[name].endswith("[]")
@@ -350,7 +353,7 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
             return None  # a blank line: the reader skips it, the line path keeps it as a record
         types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
         try:
-            cols = _resolve_columns(src, list(types), uri)
+            cols = resolve_columns(src, list(types), uri)
         except SourceError:
             return None
         negs = cols.get("negatives")
@@ -359,7 +362,7 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
                 or any(types[n] not in _TEXT for n in negs)
                 or (cols.get("id") and types[cols["id"]] not in ("VARCHAR", "BIGINT", "UBIGINT"))):
             return None
-        _normalise_table(con, cols, types, kind="view")
+        normalise_table(con, cols, types, kind="view")
         stats = write_raw(con, src)  # one statement: raw.<source> is replaced in one commit
     finally:
         con.execute("drop view if exists _kalm_norm; drop table if exists _kalm_src")
@@ -376,12 +379,12 @@ def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     kind, available, types, n_records = stage_file(con, src, uri)
     if n_records == 0:
         raise SourceError(f"source {src.name!r}: {uri} holds no records (an empty file)")
-    cols = _resolve_columns(src, available, uri)
-    rejected = rejected_lines(con, kind)
+    cols = resolve_columns(src, available, uri)
+    rejected = rejected_lines(con, kind, src.header)
     if kind == "jsonl":
         _normalise_jsonl(con, cols)
     else:
-        _normalise_table(con, cols, types)
+        normalise_table(con, cols, types)
     add_rejected_lines(con, rejected)
     return replace(write_raw(con, src), file_records=n_records)
 
@@ -403,6 +406,10 @@ def file_fingerprint(src: Source, base_dir: Path) -> str:
     A remote URI is versioned by the URI itself (its change cannot be seen offline)."""
     import hashlib
 
+    if src.kind == "sql":
+        from kalm_core.sources.sql_source import fingerprint  # its SQL and every input file
+
+        return fingerprint(src, base_dir)
     uri = src.resolved_uri(base_dir)
     if not _is_local(uri):
         return hashlib.sha256(uri.encode()).hexdigest()[:16]

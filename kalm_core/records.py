@@ -96,12 +96,12 @@ def split_lines(paths: list[str], max_bytes: int | None = None) -> tuple[list[st
     return good, bad
 
 
-def csv_records(paths: list[str]) -> int:
-    """Records of CSV files with a header each (a quoted field may span lines)."""
+def csv_records(paths: list[str], header: bool = True) -> int:
+    """Records of CSV files, each with a header line unless `header` is false (a quoted field may span lines)."""
     total = 0
     for path in paths:
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            total += max(sum(1 for _ in csv.reader(f)) - 1, 0)
+            total += max(sum(1 for _ in csv.reader(f)) - int(header), 0)
     return total
 
 
@@ -111,14 +111,14 @@ def parquet_rows(paths: list[str]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
-def physical_records(uri: str, fmt: str) -> int | None:
+def physical_records(uri: str, fmt: str, header: bool = True) -> int | None:
     """The records a local csv or parquet file (or glob) holds; None for a remote URI or a JSON array (counted by
     its reader). jsonl is counted by `scan_lines`, whose scan also decides how the file is split."""
     if "://" in uri:
         return None
     paths = files(uri)
     if fmt == "csv":
-        return csv_records(paths)
+        return csv_records(paths, header)
     if fmt == "parquet":
         return parquet_rows(paths)
     return None

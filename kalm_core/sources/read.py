@@ -36,7 +36,7 @@ def read_layout(con, src: Source, uri: str) -> tuple[pl.DataFrame, list, int | N
     if missing:
         raise SourceError(f"source {src.name!r} ({uri}): missing column(s) {missing} of its {src.layout} layout "
                           f"{cols}; available columns: {available}")
-    rejected = extract.rejected_lines(con, kind)
+    rejected = extract.rejected_lines(con, kind, src.header)
     fields = [f for f in cols if f != "id"]
     if kind == "jsonl":
         path = lambda c: _literal('$."' + c.replace('"', '\\"') + '"')  # noqa: E731
