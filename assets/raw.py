@@ -12,6 +12,7 @@ from assets.common import table_metadata
 from kalm_core.identifiers import table
 from kalm_core.sources.beir import load_beir_source
 from kalm_core.sources.read import load_layout_source
+from kalm_core.sources.mteb_source import load_mteb_source
 from kalm_core.sources.sql_source import load_sql_source
 from kalm_core.versions import code_version
 
@@ -37,7 +38,9 @@ def build_source_observer(src: Source, catalog: Catalog):
     with warnings.catch_warnings():  # observable_source_asset is marked beta; it is the documented way here
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.observable_source_asset(key=source_key(src), group_name="sources", name=None,
-                                          description=src.uri or (f"SQL {src.sql} over {', '.join(src.files)}"
+                                          description=src.uri or (f"MTEB {src.task}, split {src.split or 'train'}"
+                                                                  if src.kind == "mteb" else
+                                                                  f"SQL {src.sql} over {', '.join(src.files)}"
                                                                   if src.kind == "sql" else
                                                                   f"docstrings of {', '.join(src.packages)}"))(_observe)
 
@@ -49,6 +52,8 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             if src.kind == "python-docs":
                 stats = extract.load_frame_source(con, src, python_docs.harvest(src.packages))
+            elif src.kind == "mteb":  # an MTEB task's training split, from the hub cache or a local copy
+                stats = load_mteb_source(con, src, catalog.base_dir)
             elif src.kind == "sql":  # a SELECT over several files (MS MARCO's id triples)
                 stats = load_sql_source(con, src, catalog.base_dir)
             elif src.format == "beir":  # corpus, queries and qrels joined
@@ -59,7 +64,7 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
                 stats = extract.load_file_source(con, src, catalog.base_dir)
             meta = table_metadata(con, "raw", src.name, rows=stats.rows, records=stats.records,
                                   malformed_records=stats.malformed, kept_out_records=stats.kept_out,
-                                  uri=src.resolved_uri(catalog.base_dir) if src.uri else src.sql or "python-docs",
+                                  uri=src.resolved_uri(catalog.base_dir) if src.uri else src.sql or src.task or "python-docs",
                                   records_in_file=-1 if stats.file_records is None else stats.file_records,
                                   max_rows=src.max_rows or 0)
         kept_out = f", {stats.kept_out} kept out by its {src.layout} layout" if stats.kept_out else ""

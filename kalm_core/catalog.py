@@ -62,11 +62,12 @@ class Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["file", "python-docs", "sql"] = "file"
+    kind: Literal["file", "python-docs", "sql", "mteb"] = "file"
+    task: str | None = None  # kind mteb: the MTEB task whose split this is (kalm_core/sources/mteb_source.py)
     uri: str | None = None
     # beir: a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv (kalm_core/sources/beir.py)
     format: Literal["auto", "parquet", "jsonl", "json", "csv", "beir"] = "auto"
-    split: str | None = None  # beir: which qrels/<split>.tsv (default train)
+    split: str | None = None  # beir: which qrels/<split>.tsv; mteb: which split (default train)
     # kind sql (kalm_core/sources/sql_source.py): a SELECT over the named files, each a DuckDB variable of its name
     sql: str | None = None
     files: dict[str, str] = Field(default_factory=dict)
@@ -112,6 +113,13 @@ class Source(BaseModel):
                 check_identifier(name, "input file name")
         elif self.sql or self.files:
             raise ValueError("'sql' and 'files' belong to a source of kind: sql")
+        if self.kind == "mteb":
+            if not self.task:
+                raise ValueError("an mteb source needs 'task' (an MTEB task name, e.g. Banking77Classification)")
+            if self.task_type == "sts" and self.min_score is None:
+                raise ValueError("an sts task needs min_score (a pair scoring at least this is a positive)")
+        elif self.task:
+            raise ValueError("'task' belongs to a source of kind: mteb")
         return self
 
     @model_validator(mode="after")
@@ -141,7 +149,7 @@ class Source(BaseModel):
             raise ValueError("'pairing' applies to a classification or clustering source with columns text and label")
         if self.label_names is not None and layout not in ("labels", "nli"):
             raise ValueError("'label_names' applies to a source with a label column (classification, clustering, nli)")
-        if self.min_score is not None and self.task_type != "sts":
+        if self.min_score is not None and self.task_type != "sts":  # (checked for mteb sources above)
             raise ValueError("'min_score' applies to an sts source")
         if self.format == "beir":
             if layout is not None or self.columns.model_fields_set:
@@ -149,8 +157,8 @@ class Source(BaseModel):
                                  "give no 'columns'")
             if self.task_type not in ("retrieval", "reranking"):
                 raise ValueError(f"a beir folder holds retrieval data, not {self.task_type!r}")
-        elif self.split is not None:
-            raise ValueError("'split' applies to a source with format: beir")
+        elif self.split is not None and self.kind != "mteb":
+            raise ValueError("'split' applies to a source with format: beir or kind: mteb")
         if not self.header and not self.column_names:
             raise ValueError("a headerless file (header: false) needs its column_names")
         if self.column_names is not None and self.header:

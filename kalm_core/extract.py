@@ -410,6 +410,10 @@ def file_fingerprint(src: Source, base_dir: Path) -> str:
         from kalm_core.sources.sql_source import fingerprint  # its SQL and every input file
 
         return fingerprint(src, base_dir)
+    if src.kind == "mteb":
+        from kalm_core.sources.mteb_source import fingerprint as mteb_fingerprint  # its revision or local copy
+
+        return mteb_fingerprint(src, base_dir)
     uri = src.resolved_uri(base_dir)
     if not _is_local(uri):
         return hashlib.sha256(uri.encode()).hexdigest()[:16]
