@@ -21,7 +21,8 @@ normalised as (
         load_error,
         kept_out,
         raw_record,
-        -- text: trimmed, unicode NFC (kalm_clean: kalm_core/pairs.py)
+        -- text: width-folded (NFKC for full-width forms), zero-width characters removed, trimmed, NFC
+        -- (kalm_clean: kalm_core/pairs.py)
         kalm_clean(query) as query,
         kalm_clean(positive) as positive,
         list_filter(list_transform(negatives, lambda n: kalm_clean(n)), lambda n: n <> '') as negatives
