@@ -16,8 +16,9 @@ import polars as pl
 
 from kalm_core.sources.schema import LayoutError, as_pairs
 
-LABEL_NEGATIVES = 15  # other labels' names per row: short texts; training takes the first group_size - 1
-TEXT_NEGATIVES = 7  # other labels' texts per row under same_label: the paper's group of 8 holds 7
+# negatives per row, other labels' names or texts: the paper's group of 8 holds 7 (training takes the first
+# group_size - 1 given negatives; mining fills a larger group)
+LABEL_NEGATIVES = TEXT_NEGATIVES = 7
 _INTEGER = r"^-?\d+$"
 _BLOCK = 100_000  # rows whose label order is drawn at once (memory: rows x labels floats)
 
@@ -71,14 +72,16 @@ def _other_labels(code: np.ndarray, classes: list[str], rng: np.random.Generator
     k = min(LABEL_NEGATIVES, len(classes) - 1)
     if k <= 0:
         return pl.Series("negatives", [[]] * len(code), pl.List(pl.Utf8))
-    names = np.array(classes, dtype=object)
-    rows = []
+    picks = np.empty((len(code), k), dtype=np.int64)
     for lo in range(0, len(code), _BLOCK):
         c = code[lo:lo + _BLOCK]
         keys = rng.random((len(c), len(classes)))
         keys[np.arange(len(c)), np.maximum(c, 0)] = 2.0  # the row's own label sorts last
-        rows += names[np.argsort(keys, axis=1)[:, :k]].tolist()
-    return pl.Series("negatives", rows, pl.List(pl.Utf8))
+        picks[lo:lo + len(c)] = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < len(classes) - 1 \
+            else np.argsort(keys, axis=1)[:, :k]
+    # names gathered and cut into rows by polars, never as Python lists (1M rows: 9 s -> 0.5 s)
+    flat = pl.Series(classes, dtype=pl.Utf8).gather(picks.ravel())
+    return flat.reshape((len(code), k)).cast(pl.List(pl.Utf8)).alias("negatives")
 
 
 def _same_label_partner(code: np.ndarray, texts: list, names: list, rng: np.random.Generator):

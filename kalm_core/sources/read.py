@@ -45,7 +45,7 @@ def read_layout(con, src: Source, uri: str) -> tuple[pl.DataFrame, list, int | N
                    {', '.join(f'{member(cols[f])} as {f}' for f in fields)},
                    {member(cols['id']) if 'id' in cols else 'null'} as record_id,
                    case when not is_object then 'malformed json' end as load_error,
-                   line as raw_record
+                   case when not is_object then line end as raw_record
             from (select rowid + 1 as ordinal, line,
                          starts_with(ltrim(line), '{{') and coalesce(try(json_valid(line)), false) as is_object
                   from _kalm_lines)"""
@@ -55,7 +55,7 @@ def read_layout(con, src: Source, uri: str) -> tuple[pl.DataFrame, list, int | N
                    {', '.join(f'{col(cols[f])} as {f}' for f in fields)},
                    {col(cols['id']) if 'id' in cols else 'null'} as record_id,
                    cast(null as varchar) as load_error,
-                   cast(to_json(_kalm_src) as varchar) as raw_record
+                   cast(null as varchar) as raw_record
             from _kalm_src"""
     frame = con.execute(sql).pl().cast({f: pl.Utf8 for f in (*fields, "record_id", "load_error", "raw_record")})
     # a malformed line has no fields
@@ -74,8 +74,19 @@ def load_layout_source(con, src: Source, base_dir: Path, seed: int = 0) -> RawSt
     con.register("_kalm_pairs", pairs.to_arrow())
     con.execute("create or replace temp table _kalm_norm as select * from _kalm_pairs")
     con.unregister("_kalm_pairs")
+    keep_original_text(con, "_kalm_lines" if src.resolved_format() == "jsonl" else "_kalm_src")
     extract.add_rejected_lines(con, rejected)
     return replace(extract.write_raw(con, src), file_records=n_records)
+
+
+def keep_original_text(con, source_table: str) -> None:
+    """A kept-out record keeps its original text (its line, or its row as JSON), read only for those records: the
+    text of every record would cost a JSON rendering per row (1M rows: seconds) for the few kept out."""
+    text = "line" if source_table == "_kalm_lines" else f"cast(to_json({source_table}) as varchar)"
+    con.execute(f"""update _kalm_norm set raw_record = o.text
+        from (select rowid + 1 as ordinal, {text} as text from {source_table}
+              where rowid + 1 in (select ordinal from _kalm_norm where kept_out is not null)) o
+        where o.ordinal = _kalm_norm.ordinal""")
 
 
 def _literal(text: str) -> str:
