@@ -71,6 +71,9 @@ class Source(BaseModel):
     # kind sql (kalm_core/sources/sql_source.py): a SELECT over the named files, each a DuckDB variable of its name
     sql: str | None = None
     files: dict[str, str] = Field(default_factory=dict)
+    # a folder of jsonl files (a `**` glob) whose sub-folder names give their rows' task type, as KaLM's and
+    # FlagEmbedding's released training data do (`classification-no_in_batch_neg/*.jsonl`); a row's own `type` wins
+    folder_task_types: bool = False
     header: bool = True  # csv/tsv: false for a headerless file (MS MARCO's), whose columns `column_names` gives
     column_names: list[str] | None = None
     columns: Columns = Field(default_factory=Columns)

@@ -81,7 +81,7 @@ def stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | 
     """Read the file into temp table _kalm_lines (jsonl) or _kalm_src; returns (reader kind, available columns,
     describe types, physical records of the file or None where they cannot be counted before reading)."""
     fmt = src.resolved_format()
-    if _is_local(uri) and not glob.glob(uri):
+    if _is_local(uri) and not glob.glob(uri, recursive=True):
         raise SourceError(f"source {src.name!r}: no file matches {uri}")
     if not _is_local(uri):  # https://, s3://, hf://: httpfs from its pinned package, never downloaded
         load_extensions(con, "httpfs")
@@ -94,16 +94,16 @@ def stage_file(con, src: Source, uri: str) -> tuple[str, list[str], dict, int | 
             return "jsonl", _jsonl_keys(con, src), {}, n_records
         headerless = "" if src.header else ", header=false, names=$names"
         reader = {
-            "parquet": "read_parquet($u)",
-            "json": "read_json_auto($u)",
+            "parquet": f"read_parquet($u, filename='{FILE_COLUMN}')",
+            "json": f"read_json_auto($u, filename='{FILE_COLUMN}')",
             "csv": f"read_csv($u, store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans'"
-                   f"{headerless})",
+                   f"{headerless}, filename='{FILE_COLUMN}')",
         }[fmt]
         n_records = records.physical_records(uri, fmt, src.header)
         con.execute(f"create or replace temp table _kalm_src as select * from {reader}",
                     {"u": uri, **({} if src.header else {"names": src.column_names})})
         types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
-        return fmt, list(types), types, n_records
+        return fmt, [c for c in types if c != FILE_COLUMN], types, n_records
     except duckdb.Error as e:
         raise SourceError(f"source {src.name!r} could not be read from {uri}: {e}") from None
 
@@ -124,9 +124,10 @@ def _stage_lines(con, uri: str) -> int | None:
         con.unregister("_kalm_bad")
         return scan.records
     con.execute(
-        "create or replace temp table _kalm_lines as select line from read_csv($u, columns={'line': 'VARCHAR'}, "
+        f"create or replace temp table _kalm_lines as select line, {FILE_COLUMN} from read_csv($u, "
+        "columns={'line': 'VARCHAR'}, "
         "header=false, delim=chr(31), quote='', escape='', auto_detect=false, max_line_size=$max, "
-        "store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans')",
+        f"store_rejects=true, rejects_table='_kalm_rejects', rejects_scan='_kalm_scans', filename='{FILE_COLUMN}')",
         {"u": uri, "max": records.MAX_RECORD_BYTES + 16},
     )
     return scan.records if scan is not None else None
@@ -181,12 +182,19 @@ def _json_list(member: str) -> str:
             f"when 'NULL' then cast([] as varchar[]) else [{member} ->> '$'] end")
 
 
-def _normalise_jsonl(con, cols: dict) -> None:
+def _normalise_jsonl(con, cols: dict, available: list[str]) -> None:
     """Parse each line once into the mapped members; a line that is not a JSON object keeps its text."""
     neg = cols.get("negatives")
     neg_names = [neg] if isinstance(neg, str) else list(neg or [])
     members = [c for c in (cols["query"], cols["positive"], cols.get("id"), *neg_names) if c]
-    structure = json.dumps({m: "JSON" for m in members})
+    row = [m for m in ROW_MEMBERS if m in available and m not in members]  # FlagEmbedding's per-row members
+    structure = json.dumps({m: "JSON" for m in members + row})
+    shape = {"DOUBLE[]": """'["DOUBLE"]'""", "VARCHAR": """'"VARCHAR"'"""}
+    extras = [f"case when load_error is null then try(from_json(rec.{quote_column(m)}, {shape[ROW_MEMBERS[m][1]]})) "
+              f"end as {ROW_MEMBERS[m][0]}" for m in row]
+    lines = {r[0] for r in con.execute("describe _kalm_lines").fetchall()}
+    extras += [f"{quote_column(FILE_COLUMN)} as file"] if FILE_COLUMN in lines else []
+    extra_sql = "".join(f",\n               {e}" for e in extras)
     rec = lambda name: f"rec.{quote_column(name)}"  # noqa: E731
     negatives = [_json_list(rec(n)) for n in neg_names]
     neg_sql = ("list_concat(" + ", ".join(negatives) + ")" if len(negatives) > 1
@@ -202,7 +210,7 @@ def _normalise_jsonl(con, cols: dict) -> None:
     con.execute(
         f"""create or replace temp table _kalm_norm as
         with parsed as (
-            select rowid + 1 as ordinal, line,
+            select rowid + 1 as ordinal, *,
                    case when starts_with(ltrim(line), '{{') then try(json_transform(line, $structure)) end as rec
             from _kalm_lines
         ),
@@ -218,7 +226,7 @@ def _normalise_jsonl(con, cols: dict) -> None:
                case when rec is not null then {rid} end as record_id,
                load_error,
                case when load_error is null then null else line end as raw_record,
-               cast(null as varchar) as kept_out
+               cast(null as varchar) as kept_out{extra_sql}
         from checked""",
         {"structure": structure},
     )
@@ -247,6 +255,8 @@ def normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
                    cast(to_json(_kalm_src) as varchar) as raw_record, cast(null as varchar) as kept_out
             from _kalm_src""", {"error": error})
         return
+    mapped = {c for v in cols.values() for c in ([v] if isinstance(v, str) else list(v or []))}
+    extras = "".join(f",\n               {item}" for item in row_member_columns(types, mapped))
     con.execute(
         f"""create or replace temp {kind} _kalm_norm as
         select rowid + 1 as ordinal,
@@ -256,7 +266,7 @@ def normalise_table(con, cols: dict, types: dict, kind: str = "table") -> None:
                {rid} as record_id,
                cast(null as varchar) as load_error,
                cast(null as varchar) as raw_record,
-               cast(null as varchar) as kept_out
+               cast(null as varchar) as kept_out{extras}
         from _kalm_src"""
     )
 
@@ -293,11 +303,13 @@ def add_rejected_lines(con, rejected: list[tuple[int, str, str]]) -> None:
 def write_raw(con, src: Source) -> RawStats:
     """_kalm_norm (one row per record) -> raw.<source> (one row per positive) with lineage columns."""
     limit = f"where ordinal <= {int(src.max_rows)}" if src.max_rows else ""
+    present = {r[0] for r in con.execute("describe _kalm_norm").fetchall()}
+    optional = ", ".join(c if c in present else f"cast(null as {t}) as {c}" for c, t in OPTIONAL_RAW.items())
     con.execute(
         f"""create or replace table {table('raw', src.name)} as
         with records as (select * from _kalm_norm {limit}),
         exploded as (
-            select ordinal, record_id, query, negatives, load_error, raw_record, kept_out,
+            select ordinal, record_id, query, negatives, load_error, raw_record, {optional},
                    unnest(case when len(positives) = 0 then [null] else positives end) as positive,
                    generate_subscripts(case when len(positives) = 0 then [null] else positives end, 1)
                        as positive_index
@@ -312,6 +324,12 @@ def write_raw(con, src: Source) -> RawStats:
                negatives,
                load_error,
                kept_out,
+               -- a row's own instruction and task type (FlagEmbedding's prompt and type), its teacher's scores
+               row_instruction,
+               row_task_type,
+               teacher_pos_scores[positive_index] as teacher_pos_score,
+               teacher_neg_scores,
+               file,
                raw_record,
                md5(concat_ws(chr(31), query, positive, array_to_string(negatives, chr(31)), raw_record))
                    as content_hash,
@@ -329,6 +347,24 @@ def write_raw(con, src: Source) -> RawStats:
 
 
 _TEXT = ("VARCHAR", "VARCHAR[]")
+FILE_COLUMN = "_kalm_file"  # the file a record came from, as DuckDB's readers name it (a glob reads many)
+# FlagEmbedding's per-row members (its released training folders): the row's own instruction and task type, and a
+# teacher's scores for its positives and negatives (knowledge distillation)
+ROW_MEMBERS = {"prompt": ("row_instruction", "VARCHAR"), "type": ("row_task_type", "VARCHAR"),
+               "pos_scores": ("teacher_pos_scores", "DOUBLE[]"), "neg_scores": ("teacher_neg_scores", "DOUBLE[]")}
+# raw's optional columns and their types: a path that has no such data writes nulls
+OPTIONAL_RAW = {"kept_out": "varchar", "file": "varchar", "row_instruction": "varchar", "row_task_type": "varchar",
+                "teacher_pos_scores": "double[]", "teacher_neg_scores": "double[]"}
+
+
+def row_member_columns(types: dict, mapped: set) -> list[str]:
+    """SQL select items for the FlagEmbedding members a typed table holds (and the file lineage)."""
+    items = [f"{quote_column(FILE_COLUMN)} as file"] if FILE_COLUMN in types else []
+    for member, (column, want) in ROW_MEMBERS.items():
+        if member in types and member not in mapped and (types[member] == want or
+                                                         want == "DOUBLE[]" and types[member].endswith("[]")):
+            items.append(f"try_cast({quote_column(member)} as {want.lower()}) as {column}")
+    return items
 
 
 def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
@@ -345,7 +381,8 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
     try:
         con.execute(
             "create or replace temp table _kalm_src as select * from read_json($u, format = 'newline_delimited', "
-            f"records = true, sample_size = -1, maximum_object_size = {records.MAX_RECORD_BYTES + 16})", {"u": uri})
+            f"records = true, sample_size = -1, maximum_object_size = {records.MAX_RECORD_BYTES + 16}, "
+            f"filename = '{FILE_COLUMN}')", {"u": uri})
     except duckdb.Error:
         return None
     try:
@@ -353,7 +390,7 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
             return None  # a blank line: the reader skips it, the line path keeps it as a record
         types = {r[0]: r[1] for r in con.execute("describe _kalm_src").fetchall()}
         try:
-            cols = resolve_columns(src, list(types), uri)
+            cols = resolve_columns(src, [c for c in types if c != FILE_COLUMN], uri)
         except SourceError:
             return None
         negs = cols.get("negatives")
@@ -372,7 +409,7 @@ def _load_clean_jsonl(con, src: Source, uri: str) -> RawStats | None:
 def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     """Read a `file` source into raw.<name>."""
     uri = src.resolved_uri(base_dir)
-    if src.resolved_format() == "jsonl" and _is_local(uri) and glob.glob(uri):
+    if src.resolved_format() == "jsonl" and _is_local(uri) and glob.glob(uri, recursive=True):
         stats = _load_clean_jsonl(con, src, uri)
         if stats is not None:
             return stats
@@ -382,7 +419,7 @@ def load_file_source(con, src: Source, base_dir: Path) -> RawStats:
     cols = resolve_columns(src, available, uri)
     rejected = rejected_lines(con, kind, src.header)
     if kind == "jsonl":
-        _normalise_jsonl(con, cols)
+        _normalise_jsonl(con, cols, available)
     else:
         normalise_table(con, cols, types)
     add_rejected_lines(con, rejected)
@@ -422,7 +459,7 @@ def file_fingerprint(src: Source, base_dir: Path) -> str:
 
         return fingerprint(Path(uri), src.beir_split)
     h = hashlib.sha256()
-    for f in sorted(glob.glob(uri)):
+    for f in sorted(glob.glob(uri, recursive=True)):
         h.update(f.encode())
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]

@@ -9,6 +9,8 @@ joined by the unit separator, the same pair getting the same id in every source.
 
 from __future__ import annotations
 
+from kalm_core.catalog import TASK_TYPES
+
 # The Unicode space separators (category Zs): exactly what DuckDB's trim() strips from either end.
 SPACE_SEPARATORS = (0x20, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)
 _ENDS_IN_SPACE = " or ".join(f"ends_with(t, chr({c}))" for c in SPACE_SEPARATORS)
@@ -34,6 +36,10 @@ MACROS = {
                   f"else t end"),
     "kalm_clean": "(t) as nfc_normalize(kalm_trim(kalm_fold(t)))",
     "kalm_pair_id": "(q, p) as md5(q || chr(31) || p)",  # over cleaned texts
+    # a row's or a folder's task-type name as a catalogue task type, or null: a FlagEmbedding folder such as
+    # `classification-no_in_batch_neg` names its type first; anything else falls back to the catalogue's
+    "kalm_task_type": (f"(t) as nullif(regexp_extract(lower(t), '^({'|'.join(sorted(TASK_TYPES, key=len, reverse=True))})"
+                       f"(?:$|[^a-z])', 1), '')"),
 }
 
 

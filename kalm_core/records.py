@@ -33,7 +33,7 @@ class LineScan:
 
 def files(uri: str) -> list[str]:
     """The local files a URI or glob names, in the order DuckDB reads them."""
-    return sorted(glob.glob(uri))
+    return sorted(glob.glob(uri, recursive=True))  # `**` spans folders, as in DuckDB
 
 
 def _count_newlines(chunk: bytes) -> int:

@@ -26,7 +26,8 @@ def length_limits(model: ModelConfig) -> tuple[int, int]:
     return model.query_max_len * CHARS_PER_TOKEN_CAP, model.passage_max_len * CHARS_PER_TOKEN_CAP
 
 KEPT_COLUMNS = ("pair_id, source, row_number, positive_index, record_id, query, positive, negatives, "
-                "task_type, instruction, language, is_held_out, content_hash")
+                "task_type, instruction, language, is_held_out, teacher_pos_score, teacher_neg_scores, file, "
+                "content_hash")
 REJECTS_DDL = f"""create table if not exists {table('staged', 'rejects')} (
     source varchar, row_number bigint, positive_index bigint, record_id varchar, status varchar,
     reason varchar, duplicate_of varchar, query varchar, positive varchar, negatives varchar[],
@@ -55,6 +56,7 @@ def stage_source(con, src: Source, sql_text: str | None = None,
     params = {
         "task_type": src.task_type, "instruction": src.instruction, "language": src.language,
         "is_held_out": src.held_out, "max_query_chars": max_query_chars, "max_passage_chars": max_passage_chars,
+        "folder_task_types": src.folder_task_types,
     }
     con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
     con.execute(f"create or replace temp table _kalm_staged as {sql_text}", params)

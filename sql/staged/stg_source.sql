@@ -4,7 +4,8 @@
 -- invariants: rows in = kept + rejected + duplicate; pair_id unique among kept rows
 -- input: raw_input (a view over raw.<source>)
 -- macros: kalm_clean, kalm_pair_id (kalm_core/pairs.py)
--- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_chars, $max_passage_chars
+-- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_chars, $max_passage_chars,
+--   $folder_task_types (a file's sub-folder names its rows' task type)
 
 with source as (
     select * from raw_input
@@ -21,6 +22,14 @@ normalised as (
         load_error,
         kept_out,
         raw_record,
+        file,
+        -- task: the row's own (FlagEmbedding's type and prompt), else its sub-folder's, else the catalogue's
+        coalesce(kalm_task_type(row_task_type),
+                 case when $folder_task_types then kalm_task_type(regexp_extract(file, '([^/]+)/[^/]*$', 1)) end,
+                 $task_type) as task_type,
+        coalesce(nullif(trim(row_instruction), ''), $instruction) as instruction,
+        teacher_pos_score,
+        teacher_neg_scores,
         -- text: width-folded (NFKC for full-width forms), zero-width characters removed, trimmed, NFC
         -- (kalm_clean: kalm_core/pairs.py)
         kalm_clean(query) as query,
@@ -97,11 +106,15 @@ select
     positive,
     negatives,
     -- task
-    cast($task_type as varchar) as task_type,
-    cast($instruction as varchar) as instruction,
+    cast(task_type as varchar) as task_type,
+    cast(instruction as varchar) as instruction,
     cast($language as varchar) as language,
     cast($is_held_out as boolean) as is_held_out,
+    -- a teacher's scores (knowledge distillation), where the source has them
+    teacher_pos_score,
+    teacher_neg_scores,
     -- lineage
+    file,
     raw_record,
     content_hash
 from dispositions

@@ -212,11 +212,14 @@ def test_synthetic_pairs_get_the_pair_id_staging_gives(con):
     assert cleaned_q[0] == "caf\u00e9 query\t" and cleaned_p[0] == "answer"  # NFC; DuckDB's trim strips spaces
     con.execute("create or replace temp table _one as select 'x' as source, 1 as row_number, "
                 "1 as positive_index, null as record_id, 'h' as content_hash, null as load_error, cast(null as varchar) as kept_out, "
+                "cast(null as varchar) as row_instruction, cast(null as varchar) as row_task_type, "
+                "cast(null as double) as teacher_pos_score, cast(null as double[]) as teacher_neg_scores, "
+                "cast(null as varchar) as file, "
                 "null as raw_record, ? as query, ? as positive, cast([] as varchar[]) as negatives", [q[0], p[0]])
     con.execute("create or replace temp view raw_input as select * from _one")
     from kalm_core.staging import STAGING_SQL
 
     staged = con.execute(STAGING_SQL.read_text(), {"task_type": "retrieval", "instruction": "", "language": "en",
                                                     "is_held_out": False, "max_query_chars": 100,
-                                                    "max_passage_chars": 100}).fetchall()
+                                                    "max_passage_chars": 100, "folder_task_types": False}).fetchall()
     assert staged[0][0] == ids[0]
