@@ -73,3 +73,14 @@ def test_the_evaluation_writer_and_the_source_reader_agree(con, tmp_path):
     load_beir_source(con, Source(name="held", uri=str(folder), format="beir", split="test"), tmp_path)
     back = con.sql('select query, positive from raw."held" order by row_number, positive_index').pl()
     assert back.rows() == pairs.rows()
+
+
+def test_a_chinese_beir_folder(con, tmp_path):
+    """T2Retrieval's layout, Chinese text with full-width punctuation: the cleaned pair is what stages."""
+    folder = write_folder(tmp_path / "t2", [{"_id": "d1", "title": "", "text": "机器学习是人工智能的一个分支。"}],
+                          [{"_id": "q1", "text": "什么是机器学习？"}], [("q1", "d1", 2)])
+    src = Source(name="t2", uri=str(folder), format="beir", split="train", language="zh")
+    load_beir_source(con, src, tmp_path)
+    stage_source(con, src)
+    assert con.sql('select query, positive from staged."t2"').pl().rows() == [("什么是机器学习?",
+                                                                               "机器学习是人工智能的一个分支。")]

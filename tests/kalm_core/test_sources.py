@@ -187,3 +187,18 @@ def test_a_missing_layout_column_lists_what_the_file_has(con, banking):
                  columns={"text": "sentence", "label": "label"}, label_names=BANKING)
     with pytest.raises(SourceError, match=r"missing column\(s\) \['sentence'\].*available columns: \['text', 'label'\]"):
         load_layout_source(con, src, path)
+
+
+def test_a_chinese_classification_set_with_integer_labels_and_a_label_text_column(con, tmp_path):
+    """C-MTEB's TNews layout: sentence, an integer label and its Chinese name in a label_text column."""
+    pl.DataFrame({"sentence": ["上课时学生手机响个不停，老师一怒之下把手机摔了", "商赢环球股份有限公司关于延期回复上海证券交易所",
+                               "通过中介公司买了二手房，首付都付了，现在卖家不想卖了"],
+                  "label": [108, 104, 108], "label_text": ["教育", "财经", "教育"]}).write_parquet(tmp_path / "tnews.parquet")
+    src = Source(name="tnews", uri="tnews.parquet", task_type="classification", language="zh",
+                 columns={"text": "sentence", "label": "label", "label_text": "label_text"},
+                 instruction="Classify the fine-grained category of the given news title")
+    load_layout_source(con, src, tmp_path)
+    df = raw(con, "tnews")
+    assert df["positive"].to_list() == ["教育", "财经", "教育"]
+    assert df["negatives"].to_list() == [["财经"], ["教育"], ["财经"]]
+    assert stage_source(con, src).kept == 3
