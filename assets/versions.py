@@ -18,7 +18,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "raw": ("assets.raw", "kalm_core.extract", "kalm_core.records", "kalm_core.python_docs", "kalm_core.sources",
             "kalm_core.sources.schema", "kalm_core.sources.read", "kalm_core.sources.labels", "kalm_core.sources.nli",
             "kalm_core.sources.sentence_pairs", "kalm_core.sources.beir",
-            "kalm_core.sources.sql_source", "kalm_core.sources.mteb_source"),
+            "kalm_core.sources.sql_source", "kalm_core.sources.mteb_source", "kalm_core.sources.jsonl"),
     "staged": ("assets.staged", "kalm_core.staging", "kalm_core.pairs"),
     "synthetic": ("assets.synthetic", "kalm_core.synthesis.generate", "kalm_core.synthesis.tasks",
                   "kalm_core.synthesis.validation", "kalm_core.synthesis.personas", "kalm_core.pairs"),

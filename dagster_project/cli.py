@@ -23,7 +23,6 @@ if __name__ == "__main__" or sys.argv[0].endswith("kalm"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import csv  # noqa: E402
-import glob  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -308,24 +307,9 @@ def cmd_maintain(args) -> int:
     return 0
 
 
-def _present(src, base_dir) -> str:
-    """Whether a source's data is here: a file that matches, an installed package set, a cached MTEB split."""
-    from kalm_core import extract
-    from kalm_core.sources import mteb_source
-
-    if src.kind == "python-docs":
-        return "yes"
-    if src.kind == "mteb":
-        return "yes" if mteb_source.is_present(src, base_dir) else "no"
-    try:
-        extract.file_fingerprint(src, base_dir)
-    except (OSError, extract.SourceError):
-        return "no"
-    uri = src.resolved_uri(base_dir) if src.uri else ""
-    return "yes" if src.kind == "sql" or "://" in uri or glob.glob(uri) else "no"
-
-
 def cmd_sources(args) -> int:
+    from kalm_core.sources import data_present
+
     catalog = load_catalog()
     counts: dict[str, tuple] = {}
     if wh.exists_lake(wh.lake_spec()):
@@ -342,32 +326,21 @@ def cmd_sources(args) -> int:
         where = (f"MTEB {s.task}" if s.kind == "mteb" else f"SQL {s.sql}" if s.kind == "sql"
                  else s.uri or "python-docs: " + ", ".join(s.packages))
         print(f"{s.name:<36s} {s.kind:<11s} {s.task_type:<19s} {'eval' if s.held_out else 'train':<6s} "
-              f"{_present(s, catalog.base_dir):<4s} {fmt(raw):>8s} {fmt(kept):>8s}  {where[:60]}")
+              f"{'yes' if data_present(s, catalog.base_dir) else 'no':<4s} {fmt(raw):>8s} {fmt(kept):>8s}  "
+              f"{where[:60]}")
     return 0
 
 
 def cmd_fetch(args) -> int:
     """Download the MTEB splits the catalogue names into the Hugging Face cache (a machine with hub access)."""
-    from kalm_core.extract import SourceError
-    from kalm_core.sources import mteb_source
+    from kalm_core.sources.mteb_source import fetch
 
     catalog = load_catalog()
     wanted = [s for s in catalog.sources if s.kind == "mteb" and (not args.task or s.task in args.task)]
     unknown = set(args.task or ()) - {s.task for s in wanted}
     if unknown:
         raise ValueError(f"no mteb source of the catalogue has task {sorted(unknown)}")
-    failed = 0
-    for s in wanted:
-        try:
-            data = mteb_source.task_data(s.task)
-            if s.uri or mteb_source.is_present(s, catalog.base_dir):
-                print(f"{s.name}: present")
-                continue
-            print(f"{s.name}: downloading {data.path}@{data.revision[:8]}")
-            mteb_source.local_copy(s, data, catalog.base_dir, download=True)  # huggingface_hub's progress bars
-        except Exception as e:  # offline, a gated dataset, a revision gone: say which and go on with the rest
-            print(f"{s.name}: failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
-            failed += 1
+    failed = fetch(wanted, catalog.base_dir)
     print(f"{len(wanted) - failed} of {len(wanted)} MTEB sources present")
     return 1 if failed else 0
 

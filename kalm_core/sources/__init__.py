@@ -30,3 +30,22 @@ def convert(frame: pl.DataFrame, src: Source, seed: int = 0) -> pl.DataFrame:
     if src.layout == "sentence_pairs":
         return sentence_pairs.to_pairs(frame, src.task_type, src.min_score)
     raise LayoutError(f"source {src.name!r} has no task layout to convert")
+
+
+def data_present(src: Source, base_dir) -> bool:
+    """Whether a source's data is here: a file that matches, an installed package set, a cached MTEB split."""
+    import glob
+
+    from kalm_core import extract
+    from kalm_core.sources import mteb_source
+
+    if src.kind == "python-docs":
+        return True
+    if src.kind == "mteb":
+        return mteb_source.is_present(src, base_dir)
+    try:
+        extract.file_fingerprint(src, base_dir)
+    except (OSError, extract.SourceError):
+        return False
+    uri = src.resolved_uri(base_dir) if src.uri else ""
+    return src.kind == "sql" or "://" in uri or bool(glob.glob(uri, recursive=True))

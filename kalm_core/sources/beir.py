@@ -50,9 +50,9 @@ def load_beir_source(con, src: Source, base_dir: Path) -> RawStats:
         con.execute(f"""create or replace temp table _beir_corpus as
             select _id as id, nullif(trim(concat_ws(' ', nullif(trim(title), ''), text)), '') as passage
             from read_json($f, format = 'newline_delimited', columns = {text})""", {"f": str(files["corpus"])})
-        con.execute(f"""create or replace temp table _beir_queries as
+        con.execute("""create or replace temp table _beir_queries as
             select _id as id, text from read_json($f, format = 'newline_delimited',
-                                                   columns = {{'_id': 'VARCHAR', 'text': 'VARCHAR'}})""",
+                                                   columns = {'_id': 'VARCHAR', 'text': 'VARCHAR'})""",
                     {"f": str(files["queries"])})
         con.execute("""create or replace temp table _beir_qrels as
             select * from read_csv($f, delim = '\t', header = true, auto_detect = false,

@@ -167,3 +167,23 @@ def load_mteb_source(con, src: Source, base_dir: Path) -> RawStats:
     except (LayoutError, pl.exceptions.ColumnNotFoundError) as e:
         raise SourceError(f"source {src.name!r} ({data.path}, split {split}): {e}; columns: {df.columns}") from None
     return load_frame_source(con, src, pairs)
+
+
+def fetch(sources: list[Source], base_dir: Path, log=print) -> int:
+    """Download each mteb source's split that is not here yet (huggingface_hub shows its progress); a failure is
+    named and the rest go on. Returns how many failed."""
+    import sys
+
+    failed = 0
+    for s in sources:
+        try:
+            data = task_data(s.task)
+            if s.uri or is_present(s, base_dir):
+                log(f"{s.name}: present")
+                continue
+            log(f"{s.name}: downloading {data.path}@{data.revision[:8]}")
+            local_copy(s, data, base_dir, download=True)
+        except SourceError as e:  # offline, a gated dataset, a revision gone
+            print(f"{s.name}: failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+            failed += 1
+    return failed

@@ -134,17 +134,17 @@ CLEAN_FILES = {
 @pytest.mark.parametrize("case", sorted(CLEAN_FILES))
 def test_the_typed_fast_path_writes_what_the_line_path_writes(con, tmp_path, monkeypatch, case):
     """A clean jsonl file loads through DuckDB's typed JSON reader; the rows equal the line path's, row for row."""
-    from kalm_core import extract
+    from kalm_core.sources import jsonl
 
     write_jsonl(tmp_path / "f.jsonl", CLEAN_FILES[case])
     src = Source(name="fast", uri="f.jsonl", columns={"query": "query", "positive": "pos", "negatives": "neg",
                                                       "id": "id"})
     taken = []
-    fast = extract._load_clean_jsonl
-    monkeypatch.setattr(extract, "_load_clean_jsonl", lambda *a: taken.append(fast(*a)) or taken[-1])
+    fast = jsonl.load_clean_jsonl
+    monkeypatch.setattr(jsonl, "load_clean_jsonl", lambda *a: taken.append(fast(*a)) or taken[-1])
     fast_stats = load_file_source(con, src, tmp_path)
     assert taken[0] is not None  # the fast path loaded it
-    monkeypatch.setattr(extract, "_load_clean_jsonl", lambda *a: None)
+    monkeypatch.setattr(jsonl, "load_clean_jsonl", lambda *a: None)
     line_stats = load_file_source(con, src.model_copy(update={"name": "line"}), tmp_path)
     assert fast_stats == line_stats and fast_stats.records == len(CLEAN_FILES[case])
     cols = "row_number, positive_index, record_id, query, positive, negatives, load_error, raw_record, content_hash"
@@ -158,10 +158,10 @@ def test_the_typed_fast_path_writes_what_the_line_path_writes(con, tmp_path, mon
     (GOOD + b'{"query": "a", "query": "b", "pos": ["c"]}\n', 0),  # the line path reads a duplicate key
 ])
 def test_an_odd_line_sends_the_file_to_the_line_path(con, tmp_path, body, malformed):
-    from kalm_core import extract
+    from kalm_core.sources import jsonl
 
     (tmp_path / "o.jsonl").write_bytes(body)
-    assert extract._load_clean_jsonl(con, Source(name="o", uri="o.jsonl"), str(tmp_path / "o.jsonl")) is None
+    assert jsonl.load_clean_jsonl(con, Source(name="o", uri="o.jsonl"), str(tmp_path / "o.jsonl")) is None
     assert not con.execute("select count(*) from information_schema.tables where table_name = 'o'").fetchall()[0][0]
     stats = load_file_source(con, Source(name="o", uri="o.jsonl"), tmp_path)
     assert stats.records == stats.file_records == body.count(b"\n") and stats.malformed == malformed  # kept, with its reason
