@@ -38,11 +38,7 @@ def build_source_observer(src: Source, catalog: Catalog):
     with warnings.catch_warnings():  # observable_source_asset is marked beta; it is the documented way here
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.observable_source_asset(key=source_key(src), group_name="sources", name=None,
-                                          description=src.uri or (f"MTEB {src.task}, split {src.split or 'train'}"
-                                                                  if src.kind == "mteb" else
-                                                                  f"SQL {src.sql} over {', '.join(src.files)}"
-                                                                  if src.kind == "sql" else
-                                                                  f"docstrings of {', '.join(src.packages)}"))(_observe)
+                                          description=src.origin)(_observe)
 
 
 def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:

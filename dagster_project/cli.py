@@ -323,11 +323,9 @@ def cmd_sources(args) -> int:
     for s in catalog.sources:
         raw, kept = counts.get(s.name, (None, None))
         fmt = lambda n: "-" if n is None else f"{n:,d}"  # noqa: E731
-        where = (f"MTEB {s.task}" if s.kind == "mteb" else f"SQL {s.sql}" if s.kind == "sql"
-                 else s.uri or "python-docs: " + ", ".join(s.packages))
         print(f"{s.name:<36s} {s.kind:<11s} {s.task_type:<19s} {'eval' if s.held_out else 'train':<6s} "
               f"{'yes' if data_present(s, catalog.base_dir) else 'no':<4s} {fmt(raw):>8s} {fmt(kept):>8s}  "
-              f"{where[:60]}")
+              f"{s.origin[:60]}")
     return 0
 
 
@@ -335,13 +333,8 @@ def cmd_fetch(args) -> int:
     """Download the MTEB splits the catalogue names into the Hugging Face cache (a machine with hub access)."""
     from kalm_core.sources.mteb_source import fetch
 
-    catalog = load_catalog()
-    wanted = [s for s in catalog.sources if s.kind == "mteb" and (not args.task or s.task in args.task)]
-    unknown = set(args.task or ()) - {s.task for s in wanted}
-    if unknown:
-        raise ValueError(f"no mteb source of the catalogue has task {sorted(unknown)}")
-    failed = fetch(wanted, catalog.base_dir)
-    print(f"{len(wanted) - failed} of {len(wanted)} MTEB sources present")
+    wanted, failed = fetch(load_catalog(), args.task)
+    print(f"{wanted - failed} of {wanted} MTEB sources present")
     return 1 if failed else 0
 
 

@@ -171,6 +171,17 @@ class Source(BaseModel):
         return self
 
     @property
+    def origin(self) -> str:
+        """Where the source's data comes from, in words (the UI's source description, `kalm sources`)."""
+        if self.kind == "mteb":
+            return f"MTEB {self.task}, split {self.split or 'train'}"
+        if self.kind == "sql":
+            return f"SQL {self.sql} over {', '.join(self.files)}"
+        if self.kind == "python-docs":
+            return f"docstrings of {', '.join(self.packages)}"
+        return self.uri or ""
+
+    @property
     def beir_split(self) -> str:
         return self.split or "train"
 

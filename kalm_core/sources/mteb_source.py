@@ -169,21 +169,25 @@ def load_mteb_source(con, src: Source, base_dir: Path) -> RawStats:
     return load_frame_source(con, src, pairs)
 
 
-def fetch(sources: list[Source], base_dir: Path, log=print) -> int:
-    """Download each mteb source's split that is not here yet (huggingface_hub shows its progress); a failure is
-    named and the rest go on. Returns how many failed."""
+def fetch(catalog, tasks: list[str] | None = None, log=print) -> tuple[int, int]:
+    """Download each mteb source's split (only `tasks`' when given) that is not here yet; huggingface_hub shows its
+    progress, and a failure is named while the rest go on. Returns (sources wanted, how many failed)."""
     import sys
 
+    wanted = [s for s in catalog.sources if s.kind == "mteb" and (not tasks or s.task in tasks)]
+    unknown = set(tasks or ()) - {s.task for s in wanted}
+    if unknown:
+        raise ValueError(f"no mteb source of the catalogue has task {sorted(unknown)}")
     failed = 0
-    for s in sources:
+    for s in wanted:
         try:
             data = task_data(s.task)
-            if s.uri or is_present(s, base_dir):
+            if s.uri or is_present(s, catalog.base_dir):
                 log(f"{s.name}: present")
                 continue
             log(f"{s.name}: downloading {data.path}@{data.revision[:8]}")
-            local_copy(s, data, base_dir, download=True)
+            local_copy(s, data, catalog.base_dir, download=True)
         except SourceError as e:  # offline, a gated dataset, a revision gone
             print(f"{s.name}: failed: {str(e).splitlines()[0][:200]}", file=sys.stderr)
             failed += 1
-    return failed
+    return len(wanted), failed
