@@ -11,6 +11,7 @@ The join runs in DuckDB: a 1M-passage corpus never passes through Python.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from kalm_core.catalog import Source
@@ -94,5 +95,4 @@ def load_beir_source(con, src: Source, base_dir: Path) -> RawStats:
     stats = write_raw(con, src)
     con.execute("drop table if exists _beir_corpus; drop table if exists _beir_queries; "
                 "drop table if exists _beir_qrels")
-    return RawStats(records=stats.records, rows=stats.rows, malformed=stats.malformed, file_records=n_queries,
-                    kept_out=stats.kept_out)
+    return replace(stats, file_records=n_queries)
