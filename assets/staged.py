@@ -10,6 +10,7 @@ from kalm_core import staging
 from kalm_core.catalog import Catalog, Source
 from kalm_core.config import get_profile
 from kalm_core.sql_models import SqlModel, parse_header
+from kalm_core.token_length import length_limits
 
 
 def _template() -> SqlModel:
@@ -24,15 +25,16 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
               kinds={"duckdb"}, code_version=model.code_version, description=model.description)
     def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 settings: SettingsResource) -> dg.MaterializeResult:
-        profile = get_profile(settings.profile)  # its model's max lengths set the length limits
-        max_query, max_passage = staging.length_limits(profile.model)
+        profile = get_profile(settings.profile)  # its model's max lengths and tokenizer set the length limits
+        limits = length_limits(profile.model)
         with warehouse.connect() as con:
             stats = staging.stage_source(con, src, model.text, profile.model)
             meta = table_metadata(
                 con, "staged", src.name, rows=stats.kept, rows_in=stats.rows_in, rows_kept=stats.kept,
                 rows_rejected=stats.rejected, rows_duplicate=stats.duplicates,
                 reject_reasons=dg.MetadataValue.json(stats.reasons), sql=dg.MetadataValue.path(str(model.path)),
-                max_query_chars=max_query, max_passage_chars=max_passage,
+                max_query_tokens=limits.max_query_tokens, max_passage_tokens=limits.max_passage_tokens,
+                tokenizer=limits.tokenizer, texts_tokenized=stats.tokenized,
             )
         context.log.info(f"staged/{src.name}: {stats.rows_in} in = {stats.kept} kept + {stats.rejected} "
                          f"rejected + {stats.duplicates} duplicates")

@@ -6,7 +6,7 @@ import hashlib
 
 import dagster as dg
 
-from kalm_core import filter_model, staging
+from kalm_core import filter_model, token_length
 from kalm_core.config import Profile, get_profile
 from kalm_core.versions import code_version
 
@@ -19,7 +19,7 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
             "kalm_core.sources.schema", "kalm_core.sources.read", "kalm_core.sources.labels", "kalm_core.sources.nli",
             "kalm_core.sources.sentence_pairs", "kalm_core.sources.beir",
             "kalm_core.sources.sql_source", "kalm_core.sources.mteb_source", "kalm_core.sources.jsonl"),
-    "staged": ("assets.staged", "kalm_core.staging", "kalm_core.pairs"),
+    "staged": ("assets.staged", "kalm_core.staging", "kalm_core.pairs", "kalm_core.token_length"),
     "synthetic": ("assets.synthetic", "kalm_core.synthesis.generate", "kalm_core.synthesis.tasks",
                   "kalm_core.synthesis.validation", "kalm_core.synthesis.personas", "kalm_core.pairs"),
     "filtered": ("assets.filtered", "kalm_core.filtering", "kalm_core.ranking_consistency", "kalm_core.mining",
@@ -38,7 +38,7 @@ def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
     if layer == "filtered":  # and the filter model's weights: a newly promoted `embedder:latest` re-filters
         return profile.filter, profile.model, profile.n_negatives, filter_model.identity(profile)
-    return {"staged": (staging.length_limits(profile.model),), "synthetic": (profile.synthesis,),
+    return {"staged": (token_length.length_limits(profile.model),), "synthetic": (profile.synthesis,),
             "batched": (profile.batch, profile.train.nproc),
             "training": (profile.model, profile.train, profile.batch),
             "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())

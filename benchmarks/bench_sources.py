@@ -9,6 +9,9 @@ of its own so its peak memory is its own.
 2. A classification parquet (`--texts` texts, 77 integer labels named by `label_names`, Banking77's shape); ours =
    kalm_core/sources/read.py + labels.py + staging, bare = text, its label's name and the other labels' names.
 
+3. Staging's token-length rule (`--length-texts` passages of MS MARCO-like lengths, a tenth Chinese): ours = the
+   bounds of kalm_core/token_length.py, tokenising only what they leave open; bare = tokenise every text.
+
 Prints per layout the time and peak RSS of both, then `RATIO ours/bare = X` for each (goal <= 2) and the peak RSS
 (goal: below 4 GiB).
 """
@@ -102,6 +105,38 @@ def bare(folder: Path, layout: str) -> dict:
     return {"seconds": time.perf_counter() - t, "records": rows}
 
 
+def length_check(n: int, seed: int = 0) -> None:
+    """The token-length rule on passages of MS MARCO-like lengths (log-normal, median ~300 characters, English and
+    Chinese): ours decides with bounds and tokenises the rest, bare tokenises every text (the rule's definition)."""
+    import math
+    import random
+
+    import pyarrow as pa
+
+    from kalm_core.config import BUNDLED_MINILM
+    from kalm_core.token_length import TokenCounter, load_tokenizer
+
+    rng = random.Random(seed)
+    words = "the of a retrieval model embedding passage query training dataset contrastive negative".split()
+    texts = []
+    for i in range(n):
+        chars = int(math.exp(rng.gauss(math.log(300), 0.7)))
+        texts.append("检索模型训练数据" * (chars // 24 + 1) if i % 10 == 0
+                     else " ".join(rng.choice(words) for _ in range(chars // 7 + 1)))
+    counter = TokenCounter(load_tokenizer(BUNDLED_MINILM))
+    limit = 4 * 128  # the demo's passage limit
+    t = time.perf_counter()
+    over = counter.over(pa.array(texts), limit).to_pylist()
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    exact = [n > limit for n in counter.count(texts)]
+    bare = time.perf_counter() - t
+    assert over == exact
+    print(f"length check: {n:,} passages, ours {ours:.1f}s ({counter.tokenized - n:,} tokenised), tokenise all "
+          f"{bare:.1f}s, {sum(over):,} over {limit} tokens")
+    print(f"RATIO length_check ours/bare = {ours / bare:.2f}")
+
+
 def child(args) -> None:
     out = (ours if args.side == "ours" else bare)(Path(args.folder), args.layout)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -121,6 +156,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100_000)
     ap.add_argument("--passages", type=int, default=1_000_000)
     ap.add_argument("--texts", type=int, default=1_000_000)
+    ap.add_argument("--length-texts", type=int, default=200_000, help="passages for the token-length check")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--layout", help=argparse.SUPPRESS)
@@ -145,6 +181,7 @@ def main() -> None:
         print(f"peak RSS ours = {peak / 1024:.2f} GiB (goal < 4)")
         for layout, r in ratios.items():
             print(f"RATIO {layout} ours/bare = {r:.2f}")
+    length_check(args.length_texts)
 
 
 if __name__ == "__main__":

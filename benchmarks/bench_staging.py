@@ -26,9 +26,15 @@ from kalm_core import warehouse  # noqa: E402
 from kalm_core.catalog import Source  # noqa: E402
 from kalm_core.extract import load_file_source  # noqa: E402
 from kalm_core.config import ModelConfig  # noqa: E402
-from kalm_core.staging import length_limits, stage_source  # noqa: E402
+from kalm_core.staging import stage_source  # noqa: E402
+from kalm_core.token_length import length_limits, load_tokenizer  # noqa: E402
 
-MAX_QUERY_CHARS, MAX_PASSAGE_CHARS = length_limits(ModelConfig())  # what stage_source applies by default
+LIMITS = length_limits(ModelConfig())  # what stage_source applies by default
+
+
+def too_long(text: str, limit: int, tokenizer=load_tokenizer(LIMITS.tokenizer).backend_tokenizer) -> bool:
+    """The baseline's length rule: a text of fewer bytes than the limit cannot be over it; others are tokenised."""
+    return len(text.encode()) + 2 > limit and len(tokenizer.encode(text).ids) > limit
 
 WORDS = ("embedding model query passage retrieval vector index batch negative positive token layer "
          "attention pooling matryoshka dimension contrastive temperature gradient cache warehouse").split()
@@ -70,7 +76,8 @@ def python_baseline(path: Path, out: Path) -> tuple[int, int]:
                 rows_in += 1
                 q = unicodedata.normalize("NFC", (rec.get("query") or "").strip())
                 p = unicodedata.normalize("NFC", (pos or "").strip())
-                if not q or not p or q == p or len(q) > MAX_QUERY_CHARS or len(p) > MAX_PASSAGE_CHARS or p in negs:
+                if (not q or not p or q == p or too_long(q, LIMITS.max_query_tokens)
+                        or too_long(p, LIMITS.max_passage_tokens) or p in negs):
                     continue
                 if (q, p) in seen:
                     continue

@@ -13,17 +13,10 @@ from pathlib import Path
 from kalm_core.catalog import Source
 from kalm_core.config import ModelConfig
 from kalm_core.identifiers import table
+from kalm_core.token_length import TokenCounter, length_limits, load_tokenizer
 from kalm_core.warehouse import transaction
 
 STAGING_SQL = Path(str(files("kalm_core") / "sql" / "staged" / "stg_source.sql"))  # package data (sql/)
-# A text over 16 characters per token of the model's window would lose most of itself to truncation (English runs
-# at ~4 characters per token, Chinese at ~1.5): staging quarantines it. The limit follows the model's max lengths.
-CHARS_PER_TOKEN_CAP = 16
-
-
-def length_limits(model: ModelConfig) -> tuple[int, int]:
-    """(query, passage) character limits from the model's query_max_len / passage_max_len (one source of truth)."""
-    return model.query_max_len * CHARS_PER_TOKEN_CAP, model.passage_max_len * CHARS_PER_TOKEN_CAP
 
 KEPT_COLUMNS = ("pair_id, source, row_number, positive_index, record_id, query, positive, negatives, "
                 "task_type, instruction, language, is_held_out, teacher_pos_score, teacher_neg_scores, file, "
@@ -41,6 +34,7 @@ class StageStats:
     rejected: int
     duplicates: int
     reasons: dict[str, int]
+    tokenized: int = 0  # texts whose token count the cheap bounds left open (token_length.TokenCounter)
 
     @property
     def balanced(self) -> bool:
@@ -50,12 +44,15 @@ class StageStats:
 def stage_source(con, src: Source, sql_text: str | None = None,
                  model: ModelConfig = ModelConfig()) -> StageStats:
     """raw.<src> -> staged.<src> (kept rows) + its rows of staged.rejects; returns the row accounting. Texts too
-    long for `model`'s window (length_limits) are quarantined."""
-    max_query_chars, max_passage_chars = length_limits(model)
+    long for `model`'s window (token_length.length_limits, counted by its tokenizer) are quarantined."""
+    limits = length_limits(model)
+    counter = TokenCounter(load_tokenizer(limits.tokenizer))
+    counter.register(con)
     sql_text = sql_text if sql_text is not None else STAGING_SQL.read_text(encoding="utf-8")
     params = {
         "task_type": src.task_type, "instruction": src.instruction, "language": src.language,
-        "is_held_out": src.held_out, "max_query_chars": max_query_chars, "max_passage_chars": max_passage_chars,
+        "is_held_out": src.held_out, "max_query_tokens": limits.max_query_tokens,
+        "max_passage_tokens": limits.max_passage_tokens,
         "folder_task_types": src.folder_task_types,
     }
     con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
@@ -81,7 +78,8 @@ def stage_source(con, src: Source, sql_text: str | None = None,
     rows_in = con.execute(f"select count(*) from {table('raw', src.name)}").fetchall()[0][0]
     con.execute("drop table _kalm_staged")
     return StageStats(rows_in=rows_in, kept=counts.get("kept", 0), rejected=counts.get("rejected", 0),
-                      duplicates=counts.get("duplicate", 0), reasons=reasons)
+                      duplicates=counts.get("duplicate", 0), reasons=reasons,
+                      tokenized=counter.tokenized)
 
 
 def accounting(con, name: str) -> dict[str, int]:

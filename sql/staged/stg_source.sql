@@ -3,8 +3,9 @@
 -- key: (source, row_number, positive_index)
 -- invariants: rows in = kept + rejected + duplicate; pair_id unique among kept rows
 -- input: raw_input (a view over raw.<source>)
--- macros: kalm_clean, kalm_pair_id (kalm_core/pairs.py)
--- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_chars, $max_passage_chars,
+-- macros: kalm_clean, kalm_pair_id (kalm_core/pairs.py); kalm_over_tokens counts in the profile's tokenizer
+--   (kalm_core/token_length.py)
+-- parameters: $task_type, $instruction, $language, $is_held_out, $max_query_tokens, $max_passage_tokens,
 --   $folder_task_types (a file's sub-folder names its rows' task type)
 
 with source as (
@@ -47,10 +48,10 @@ classified as (
             when query is null or query = '' then 'empty query'
             when positive is null or positive = '' then 'empty positive'
             when query = positive then 'query equals positive'
-            when length(query) > $max_query_chars then 'query over length limit'
-            when length(positive) > $max_passage_chars then 'positive over length limit'
+            when kalm_over_tokens(query, $max_query_tokens) then 'query over length limit'
+            when kalm_over_tokens(positive, $max_passage_tokens) then 'positive over length limit'
             when list_contains(negatives, positive) then 'negative equals positive'
-            when list_bool_or(list_transform(negatives, lambda n: length(n) > $max_passage_chars))
+            when list_bool_or(list_transform(negatives, lambda n: kalm_over_tokens(n, $max_passage_tokens)))
                 then 'negative over length limit'
         end as reject_reason
     from normalised

@@ -7,7 +7,7 @@ import pytest
 
 from assets.versions import LAYER_CODE, layer_settings
 from kalm_core.config import PROFILES, get_profile
-from kalm_core.staging import length_limits
+from kalm_core.token_length import TRUNCATION_CAP, length_limits
 from kalm_core.versions import code_version
 
 
@@ -20,7 +20,10 @@ def test_derived_numbers_follow_their_one_setting(name):
     p = PROFILES[name]
     assert p.n_negatives == p.train.group_size - 1
     assert p.global_batch == p.batch.per_device_batch * p.train.nproc
-    assert length_limits(p.model) == (16 * p.model.query_max_len, 16 * p.model.passage_max_len)
+    limits = length_limits(p.model)
+    assert limits.tokenizer == p.model.base_model
+    assert (limits.max_query_tokens, limits.max_passage_tokens) == (TRUNCATION_CAP * p.model.query_max_len,
+                                                                    TRUNCATION_CAP * p.model.passage_max_len)
     assert not hasattr(p.filter, "n_negatives") and not hasattr(p.batch, "world_size")
 
 

@@ -217,9 +217,12 @@ def test_synthetic_pairs_get_the_pair_id_staging_gives(con):
                 "cast(null as varchar) as file, "
                 "null as raw_record, ? as query, ? as positive, cast([] as varchar[]) as negatives", [q[0], p[0]])
     con.execute("create or replace temp view raw_input as select * from _one")
+    from kalm_core.config import BUNDLED_MINILM
     from kalm_core.staging import STAGING_SQL
+    from kalm_core.token_length import TokenCounter, load_tokenizer
 
+    TokenCounter(load_tokenizer(BUNDLED_MINILM)).register(con)
     staged = con.execute(STAGING_SQL.read_text(), {"task_type": "retrieval", "instruction": "", "language": "en",
-                                                    "is_held_out": False, "max_query_chars": 100,
-                                                    "max_passage_chars": 100, "folder_task_types": False}).fetchall()
+                                                    "is_held_out": False, "max_query_tokens": 100,
+                                                    "max_passage_tokens": 100, "folder_task_types": False}).fetchall()
     assert staged[0][0] == ids[0]

@@ -31,7 +31,7 @@ CASES = [
     ("no answer", "   "),  # empty positive
     ("echo", "echo"),  # query equals positive
     ("neg is pos", "the answer", ["the answer"]),  # negative equals positive
-    ("too long", "x" * 50),  # over the passage limit (16 characters per token of a 3-token window: 48)
+    ("too long", "x" * 50),  # over the passage limit (27 tokens; 4 windows of 3 tokens: 12)
     (unicodedata.normalize("NFD", "café menu"), "a list of dishes"),  # NFD in, NFC out
 ]
 
