@@ -5,29 +5,76 @@ import dagster as dg
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
+from kalm_core import mixing, plots
 from kalm_core import warehouse as wh
 from kalm_core.batching import allowed_purity_gap, purity_ok, repeated_texts, semi_homogeneous
+from kalm_core.catalog import Catalog
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
 from kalm_core.snapshot import write_snapshot
+from kalm_core.versions import code_version
 
+TRAINING_PAIRS = dg.AssetKey(["marts", "training_pairs"])
+DATA_MIX = dg.AssetKey(["marts", "data_mix"])
 BATCHES = dg.AssetKey(["batched", "batches"])
 PURITY = dg.AssetKey(["batched", "batch_purity"])
+MIX_CHECK = dg.AssetCheckKey(DATA_MIX, "every_weighted_source_sampled")
+
+
+def build_data_mix(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    weights = {s.name: s.weight for s in catalog.sources if not s.held_out}
+    weights_version = code_version((), (sorted(weights.items()),))  # a changed weight re-mixes
+
+    @dg.asset(key=DATA_MIX, deps=[TRAINING_PAIRS], group_name="marts", kinds={"duckdb"},
+              code_version=weights_version,
+              description="How many pairs of each source one epoch trains on: its available pairs, catalogue "
+                          "weight and the profile's mix temperature and total (kalm_core/mixing.py).")
+    def data_mix(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                 settings: SettingsResource) -> dg.MaterializeResult:
+        cfg = get_profile(settings.profile).mix
+        with warehouse.connect() as con:
+            mix = mixing.mix_table(con, table("marts", "training_pairs"), weights, cfg)
+            rows = wh.write(con, "marts", "data_mix", mix)
+            meta = table_metadata(con, "marts", "data_mix", rows=rows, temperature=cfg.temperature,
+                                  total=int(mix["sampled"].sum()), available=int(mix["available"].sum()),
+                                  upsampled_sources=int((mix["repeats"] > 1).sum()),
+                                  mix=dg.MetadataValue.md(plots.data_mix(mix["source"].to_list(),
+                                                                         mix["available"].to_list(),
+                                                                         mix["sampled"].to_list())))
+        context.log.info(f"data mix: {int(mix['sampled'].sum()):,} pairs per epoch from {rows} sources "
+                         f"(temperature {cfg.temperature})")
+        return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile, DATA_MIX,
+                                                                          base=weights_version))
+
+    @dg.asset_check(asset=DATA_MIX, name=MIX_CHECK.name, blocking=True,
+                    description="every training source with a weight above 0 contributes pairs to the epoch")
+    def every_weighted_source_sampled(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect(read_only=True) as con:
+            rows = con.execute(f"select source, available, sampled from {table('marts', 'data_mix')} "
+                               "where weight > 0").fetchall()
+        missing = [s for s, _, sampled in rows if sampled == 0]
+        return dg.AssetCheckResult(
+            passed=not missing, metadata={"sources": len(rows), "sources_without_pairs": ", ".join(missing) or "none"},
+            description=(f"sources meant to be in the mix that contribute nothing (no kept pairs, or a total too "
+                         f"small): {', '.join(missing)}") if missing else None)
+
+    return data_mix, every_weighted_source_sampled
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(BATCHES, deps=[dg.AssetKey(["marts", "training_pairs"])], group_name="batched",
-                     kinds={"duckdb"}, description="One row per pair in a global batch (batch_id, position)."),
-        dg.AssetSpec(PURITY, deps=[dg.AssetKey(["marts", "training_pairs"])], group_name="batched",
+        dg.AssetSpec(BATCHES, deps=[TRAINING_PAIRS, DATA_MIX], group_name="batched", kinds={"duckdb"},
+                     description="One row per pair in a global batch (batch_id, position); an upsampled "
+                                 "source's pairs once per copy."),
+        dg.AssetSpec(PURITY, deps=[TRAINING_PAIRS, DATA_MIX], group_name="batched",
                      kinds={"duckdb"}, description="One row per batch: majority group and its share."),
     ],
 )
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     profile = get_profile(settings.profile)
     cfg = profile.batch
-    with warehouse.connect(read_only=True) as con:
-        pairs = con.sql(f"select * from {table('marts', 'training_pairs')} order by pair_id").pl()
+    with warehouse.connect(read_only=True) as con:  # one epoch's pairs, as the data mix samples them
+        pairs = mixing.sample(con, table("marts", "training_pairs"), table("marts", "data_mix"), profile.mix.seed)
     out, purity, stats = semi_homogeneous(pairs, cfg, world_size=profile.train.nproc)
     snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
     with warehouse.connect() as con:
@@ -38,8 +85,8 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
-            rows_left_over=stats.rows_left_over, repeated_texts_masked_in_loss=repeated_texts(out), snapshot_path=dg.MetadataValue.path(str(snapshot)),
-            snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
+            rows_left_over=stats.rows_left_over, repeated_texts_masked_in_loss=repeated_texts(out),
+            snapshot_path=dg.MetadataValue.path(str(snapshot)), snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
             con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,
             expected_purity=stats.expected_purity, purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
@@ -71,11 +118,13 @@ def batch_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseRes
 
 
 def every_source_batched(con) -> dg.AssetCheckResult:
+    """Sources the mix samples (a weight of 0 leaves one out on purpose) each have pairs in the batches."""
     counts = con.execute(
-        f"""select t.source, count(*) as kept, count(b.pair_id) as batched
-            from {table('marts', 'training_pairs')} t
-            left join {table('batched', 'batches')} b using (pair_id)
-            group by t.source order by t.source""").fetchall()
+        f"""select m.source, m.sampled as kept, count(b.pair_id) as batched
+            from {table('marts', 'data_mix')} m
+            left join {table('batched', 'batches')} b using (source)
+            where m.sampled > 0
+            group by m.source, m.sampled order by m.source""").fetchall()
     missing = [s for s, _, batched in counts if batched == 0]
     return dg.AssetCheckResult(
         asset_key=BATCHES, check_name=SOURCES_CHECK.name, passed=not missing,
@@ -95,5 +144,6 @@ def purity_matches_ratio(context: dg.AssetCheckExecutionContext, con, tol: float
                                          "sampling_sd": sd, "allowed_gap": allowed_purity_gap(expected, sd, tol)})
 
 
-def build() -> tuple[list, list]:
-    return [batches], [batch_checks]
+def build(catalog: Catalog) -> tuple[list, list]:
+    data_mix, mix_check = build_data_mix(catalog)
+    return [data_mix, batches], [mix_check, batch_checks]

@@ -25,7 +25,8 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
     "filtered": ("assets.filtered", "kalm_core.filtering", "kalm_core.ranking_consistency", "kalm_core.mining",
                  "kalm_core.search", "kalm_core.embedding_cache", "kalm_core.filter_model", *MODEL),
     "marts": ("assets.marts", "kalm_core.sql_models", "kalm_core.pairs"),
-    "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot"),
+    "mix": ("assets.batched", "kalm_core.mixing", "kalm_core.plots"),
+    "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot", "kalm_core.mixing"),
     "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
                  "kalm_core.memory_budget", "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka",
                  "kalm_core.losses.gather", "kalm_core.losses.same_text",
@@ -34,12 +35,20 @@ LAYER_CODE: dict[str, tuple[str, ...]] = {
 }
 
 
+KEY_LAYERS = {("marts", "data_mix"): "mix"}  # a Python asset among the SQL marts: its own code and settings
+
+
+def layer_of(key: dg.AssetKey) -> str:
+    return KEY_LAYERS.get(tuple(key.path), key.path[0])
+
+
 def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
     if layer == "filtered":  # and the filter model's weights: a newly promoted `embedder:latest` re-filters
         return profile.filter, profile.model, profile.n_negatives, filter_model.identity(profile)
     return {"staged": (token_length.length_limits(profile.model),), "synthetic": (profile.synthesis,),
-            "batched": (profile.batch, profile.train.nproc),
+            "mix": (profile.mix,),
+            "batched": (profile.batch, profile.train.nproc, profile.mix.seed),
             "training": (profile.model, profile.train, profile.batch),
             "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())
 
@@ -50,7 +59,7 @@ def versioned(assets: list, profile: Profile) -> list:
     settings = {layer: layer_settings(layer, profile) for layer in LAYER_CODE}  # once: the filter's looks at the lake
 
     def version(spec: dg.AssetSpec) -> dg.AssetSpec:
-        layer = spec.key.path[0]
+        layer = layer_of(spec.key)
         if layer not in LAYER_CODE:  # observable sources are versioned by their data
             return spec
         return spec.replace_attributes(code_version=code_version(LAYER_CODE[layer], settings[layer],
@@ -77,7 +86,7 @@ def run_profile_versions(context: dg.AssetExecutionContext, profile_name: str,
     change. When the run uses the location's profile, Dagster's own versions are the right ones and only the
     profile's name is added. `base`: the asset's own version inside the layer's (a SQL model's hash)."""
     key = key or context.assets_def.key
-    layer = key.path[0]
+    layer = layer_of(key)
     profile = get_profile(profile_name)
     defined = context.assets_def.code_versions_by_key.get(key)
     used = code_version(LAYER_CODE[layer], layer_settings(layer, profile), base=base)

@@ -30,7 +30,7 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     staged_assets, staged_checks = staged.build(catalog)
     filtered_assets, filtered_checks = filtered.build(catalog)
     sql_assets, sql_checks = marts.build(built)
-    batched_assets, batched_checks = batched.build()
+    batched_assets, batched_checks = batched.build(catalog)
     synthetic_assets, synthetic_checks = synthetic.build()
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()

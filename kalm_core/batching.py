@@ -57,7 +57,8 @@ def _texts(row: dict) -> set[str]:
 
 def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
     """Fill batches in order, deferring a row whose texts clash with the batch being filled; rows that clash with
-    every batch (few distinct texts, e.g. label-name positives) then fill batches of their own, repeats and all.
+    every batch (few distinct texts, e.g. label-name positives) then fill batches of their own, repeated texts and
+    all (masked in the loss), but never two copies of one pair (an upsampled source's repeats, kalm_core/mixing.py).
     Returns the batches and the rows short of one more batch."""
     batches, current, seen, deferred = [], [], set(), []
     queue = deque(rows)  # popleft is O(1): a task can hold hundreds of thousands of rows
@@ -74,10 +75,28 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
             current, seen = [], set()
             queue.extendleft(reversed(deferred))  # deferred rows go first into the next batch
             deferred = []
-    rest = current + deferred
-    full = len(rest) - len(rest) % size
-    batches += [rest[i:i + size] for i in range(0, full, size)]
-    return batches, rest[full:]
+    tail, left_over = _fill_by_pair(current + deferred, size)
+    return batches + tail, left_over
+
+
+def _fill_by_pair(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
+    """Full batches of `rows` in order, a copy of a pair already in the batch deferred to the next one."""
+    batches, current, ids, deferred = [], [], set(), []
+    queue = deque(rows)
+    while queue:
+        row = queue.popleft()
+        key = row.get("pair_id", id(row))
+        if key in ids:
+            deferred.append(row)
+            continue
+        current.append(row)
+        ids.add(key)
+        if len(current) == size:
+            batches.append(current)
+            current, ids = [], set()
+            queue.extendleft(reversed(deferred))
+            deferred = []
+    return batches, current + deferred
 
 
 def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
@@ -97,6 +116,7 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
     for g in groups:  # 1. shuffle each group and cut it into global batches
         rows = pairs.filter(pl.col(cfg.group_by) == g).to_dicts()
         rows = [rows[i] for i in rng.permutation(len(rows))]
+        rows.sort(key=lambda r: r.get("copy", 0))  # an upsampled source: each pass over it before the next
         cut, rest = _cut_group(rows, size)
         batches += cut
         left_over += rest

@@ -81,7 +81,8 @@ class Source(BaseModel):
     task_type: str = "retrieval"
     instruction: str = "Given a query, retrieve documents that answer the query"
     language: str = "en"
-    max_rows: int | None = Field(default=None, gt=0)
+    max_rows: int | None = Field(default=None, gt=0)  # a cap: a hash sample of the records, not the first ones
+    weight: float = Field(default=1.0, ge=0)  # its pull in the data mix (kalm_core/mixing.py); 0 keeps it out
     held_out: bool = False
     # label layouts (kalm_core/sources/labels.py): the label's text as the positive, or another text of the label
     pairing: Literal["label", "same_label"] = "label"

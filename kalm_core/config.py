@@ -90,6 +90,15 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class MixConfig:
+    """The data mix (kalm_core/mixing.py): source i's share of an epoch follows w_i * n_i^(1/temperature)."""
+
+    temperature: float = 1.0  # 1: proportional to size; large: close to uniform
+    total: int | None = None  # pairs per epoch; None: every available pair once
+    seed: int = 0  # which pairs a capped source keeps
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """InfoNCE + Matryoshka fine-tuning (KaLM §3.3)."""
 
@@ -143,6 +152,7 @@ class Profile:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # under `kalm ui`, training and evaluation rebuild by themselves too when their inputs change (off: they show as
@@ -215,7 +225,8 @@ def profile_from_dict(data: dict) -> Profile:
 
     return Profile(name=data["name"], model=build(ModelConfig, data["model"]),
                    synthesis=build(SynthesisConfig, data.get("synthesis", {})), filter=build(FilterConfig, data["filter"]),
-                   batch=build(BatchConfig, data["batch"]), train=build(TrainConfig, data["train"]),
+                   batch=build(BatchConfig, data["batch"]), mix=build(MixConfig, data.get("mix", {})),
+                   train=build(TrainConfig, data["train"]),
                    eval=build(EvalConfig, data["eval"]), automate_training=data.get("automate_training", False))
 
 

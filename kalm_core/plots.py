@@ -39,3 +39,16 @@ def score_vs_dim(series: dict[str, dict[int, float]], metric: str = "nDCG@10") -
     ax.legend()
     ax.grid(alpha=0.3)
     return _markdown(fig)
+
+
+def data_mix(sources: list[str], available: list[int], sampled: list[int]) -> str:
+    """Pairs available and sampled per source, one bar pair each (the mix's effect at a glance)."""
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(sources) + 1))
+    y = range(len(sources))
+    ax.barh([i + 0.2 for i in y], available, height=0.4, label="available")
+    ax.barh([i - 0.2 for i in y], sampled, height=0.4, label="sampled")
+    ax.set_yticks(list(y), sources)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("pairs")
+    ax.legend(loc="lower right")
+    return _markdown(fig)

@@ -23,6 +23,32 @@ def run_checks(*checks: dg.AssetCheckKey):
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}, result
 
 
+def test_the_data_mix_check_fails_when_a_weighted_source_gets_nothing_and_a_zero_weight_leaves_one_out(
+        env, monkeypatch, capsys):
+    """#23 item 1: a source meant to be present contributes pairs; `weight: 0` leaves one out on purpose."""
+    import yaml
+
+    from kalm_core.config import MixConfig
+
+    monkeypatch.setitem(PROFILES, "starved", replace(PROFILES["tiny"], name="starved", mix=MixConfig(total=1)))
+    monkeypatch.setenv("KALM_PROFILE", "starved")
+    assert main(["run", "--select", "*batched/batches"]) != 0  # blocking: nothing is batched from a broken mix
+    mix = dg.AssetCheckKey(K(["marts", "data_mix"]), "every_weighted_source_sampled")
+    assert run_checks(mix)[0] == {"every_weighted_source_sampled": False}
+    with warehouse.connect(read_only=True) as con:
+        assert not con.execute("select count(*) from information_schema.tables where table_name = 'batches'"
+                               ).fetchall()[0][0]
+    monkeypatch.setenv("KALM_PROFILE", "tiny")
+    catalog = yaml.safe_load(env["catalog"].read_text())
+    catalog["sources"][1]["weight"] = 0  # beta
+    env["catalog"].write_text(yaml.safe_dump(catalog))
+    assert main(["run", "--select", "*batched/batches"]) == 0
+    with warehouse.connect(read_only=True) as con:
+        assert {s for (s,) in con.execute("select distinct source from batched.batches").fetchall()} == {"alpha"}
+        assert con.execute("select sampled from marts.data_mix where source = 'beta'").fetchall() == [(0,)]
+    assert run_checks(mix)[0] == {"every_weighted_source_sampled": True}
+
+
 def test_file_accounting_fails_when_raw_lost_a_record(env, capsys):
     assert main(["run", "--select", "key:raw/alpha"]) == 0
     check = dg.AssetCheckKey(K(["raw", "alpha"]), "file_accounting")

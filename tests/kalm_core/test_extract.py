@@ -34,7 +34,21 @@ def test_parquet_with_scalar_columns_and_max_rows(con, tmp_path):
     src = Source(name="p", uri="p.parquet", max_rows=2, columns={"query": "a", "positive": "b", "negatives": None, "id": "id"})
     stats = load_file_source(con, src, tmp_path)
     df = rows(con, "p")
-    assert stats.rows == 2 and df["record_id"].to_list() == ["7", "8"] and df["negatives"].to_list() == [[], []]
+    assert stats.rows == 2 and set(df["record_id"]) <= {"7", "8", "9"} and df["negatives"].to_list() == [[], []]
+    load_file_source(con, src, tmp_path)
+    assert rows(con, "p")["record_id"].to_list() == df["record_id"].to_list()  # the same sample each time
+
+
+def test_max_rows_samples_every_shard_not_the_first_records(con, tmp_path):
+    """#23: `max_rows: 500` over three 400-row shards took 400 + 100 + 0; a cap is a sample of all of them."""
+    (tmp_path / "shards").mkdir()
+    for k in range(3):
+        pl.DataFrame({"query": [f"q{k}-{i}" for i in range(400)], "positive": [f"p{k}-{i}" for i in range(400)]}
+                     ).write_parquet(tmp_path / "shards" / f"part-{k}.parquet")
+    src = Source(name="s", uri="shards/*.parquet", max_rows=500, columns={"negatives": None})
+    assert load_file_source(con, src, tmp_path).rows == 500
+    per_shard = rows(con, "s")["query"].str.slice(1, 1).value_counts()["count"].to_list()
+    assert len(per_shard) == 3 and all(120 <= n <= 220 for n in per_shard)
 
 
 def test_missing_file_names_the_source_and_the_uri(con, tmp_path):
