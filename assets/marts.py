@@ -25,9 +25,11 @@ def _spec(model: sql_models.SqlModel, built: dict[str, list[str]]) -> dg.AssetSp
 
 
 def _check_specs(model: sql_models.SqlModel) -> list[dg.AssetCheckSpec]:
-    """not_empty, and unique_<key> for a model whose header names a single-column `key`."""
+    """not_empty (unless the header says when the table is `empty`), and unique_<key> for a model whose header
+    names a single-column `key`."""
     key = dg.AssetKey([model.layer, model.name])
-    specs = [dg.AssetCheckSpec("not_empty", asset=key, description="the table has rows")]
+    specs = [] if "empty" in model.header else [dg.AssetCheckSpec("not_empty", asset=key,
+                                                                  description="the table has rows")]
     key_col = model.header.get("key", "")
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_col):
         specs.append(dg.AssetCheckSpec(f"unique_{key_col}", asset=key, description=f"{key_col} is unique and not null"))
@@ -59,8 +61,9 @@ def build_models_asset(models: list[sql_models.SqlModel], built: dict[str, list[
     if TRAINING_PAIRS in by_key and EVAL_PAIRS in by_key:
         checks.append(dg.AssetCheckSpec(
             NO_EVAL_OVERLAP, asset=TRAINING_PAIRS, blocking=True, additional_deps=[EVAL_PAIRS],
-            description="no training pair (by normalised query + positive, i.e. pair_id) is in the evaluation split: "
-                        "evaluation data never leaks into training (evaluation guards the other side)"))
+            description="no training query or positive is an evaluation query or relevant text after normalisation "
+                        "(case, whitespace, end punctuation): evaluation data never leaks into training (evaluation "
+                        "guards the other side)"))
     order = _dependency_order(models, built)
 
     @dg.multi_asset(name=name, specs=[_spec(m, built) for m in models], check_specs=checks, can_subset=True)
@@ -151,7 +154,8 @@ def _dependency_order(models: list[sql_models.SqlModel], built: dict[str, list[s
 
 
 def no_eval_overlap(con) -> dg.AssetCheckResult:
-    """The blocking check on marts.training_pairs: no pair of it is in marts.eval_pairs."""
+    """The blocking check on marts.training_pairs: no query or positive of it is an evaluation text after
+    normalisation (decontamination, marts.contamination, leaves them out: this guards that it did)."""
     if not wh.exists(con, "marts", "eval_pairs"):
         return dg.AssetCheckResult(asset_key=TRAINING_PAIRS, check_name=NO_EVAL_OVERLAP, passed=True,
                                    metadata={"overlapping_pairs": 0, "not_built_yet": "eval_pairs"})
@@ -160,17 +164,21 @@ def no_eval_overlap(con) -> dg.AssetCheckResult:
         asset_key=TRAINING_PAIRS, check_name=NO_EVAL_OVERLAP, passed=overlap == 0,
         metadata={"overlapping_pairs": overlap, "expected": 0},
         description=None if overlap == 0 else
-        f"{overlap} training pair(s) are also in the evaluation split ({sources}): drop them from the training "
-        "source or mark it held_out")
+        f"{overlap} training text(s) are evaluation texts after normalisation ({sources}): decontamination "
+        "(sql/marts/training_pairs.sql) let them through")
 
 
 def overlap_count(con, training: str = "marts.training_pairs") -> tuple[int, str | None]:
-    """(pairs whose pair_id, i.e. normalised query + positive, is in both `training` and marts.eval_pairs, which
-    sources they come from)."""
+    """(training queries and positives in `training` that equal a query or relevant text of marts.eval_pairs after
+    normalisation (kalm_norm), which sources they pair)."""
     layer, name = training.split(".")
     return con.execute(
-        f"select count(*), string_agg(distinct t.source || ' ~ ' || e.source, ', ') "
-        f"from {table(layer, name)} as t join {table('marts', 'eval_pairs')} as e using (pair_id)").fetchall()[0]
+        f"""with e as (select kalm_norm(query) as text, source from {table('marts', 'eval_pairs')}
+                       union select kalm_norm(positive), source from {table('marts', 'eval_pairs')}),
+                 t as (select source, kalm_norm(query) as q, kalm_norm(positive) as p from {table(layer, name)}),
+                 hits as (select t.source || ' ~ ' || e.source as pair from t join e on e.text = t.q
+                          union all select t.source || ' ~ ' || e.source from t join e on e.text = t.p)
+            select count(*), string_agg(distinct pair, ', ') from hits""").fetchall()[0]
 
 
 def build(built: dict[str, list[str]]) -> tuple[list, list]:

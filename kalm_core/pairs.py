@@ -43,8 +43,46 @@ MACROS = {
 }
 
 
+# The dedup normalisation (#23 items 2 and 4): case, runs of whitespace and punctuation at either end do not make
+# another pair or another evaluation text ("What is X?" = "what is  x"). Arrow's utf8 kernels lower and trim 1M texts
+# in 0.1 s, where DuckDB's trim(t, characters) takes 6 s: an Arrow UDF, `kalm_norm`.
+# sentence punctuation, brackets and quotes; not + # % (C++, C#, 100%: not the same texts as C and 100)
+END_PUNCTUATION = " !\"'(),-./:;?[]{}`*_~\u2026\u3001\u3002\u00bf\u00a1\u201c\u201d\u2018\u2019\u00ab\u00bb"
+NORM_MACROS = {
+    # the key two copies of one pair share: cross-source dedup keeps one (marts.training_pairs)
+    "kalm_pair_key": "(q, p) as md5(kalm_norm(q) || chr(31) || kalm_norm(p))",
+}
+
+
+def normalise(texts):
+    """kalm_norm over an Arrow array: lower case, whitespace runs as one space, punctuation and spaces trimmed from
+    both ends (the cleaned text's full-width forms are already folded, kalm_clean)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = pc.utf8_trim(pc.utf8_lower(texts), characters=END_PUNCTUATION)
+    spaced = pc.fill_null(pc.or_(pc.match_substring(texts, "  "), pc.match_substring_regex(texts, r"[\t\n\r\f\v]")),
+                          False)
+    idx = pc.indices_nonzero(spaced)
+    if not len(idx):  # the common case: nothing to collapse
+        return texts
+    fixed = pc.replace_substring_regex(pc.take(texts, idx), r"\s+", " ")
+    out = texts.to_pylist()
+    for i, v in zip(idx.to_pylist(), fixed.to_pylist()):
+        out[i] = v
+    return pa.array(out, pa.string())
+
+
 def register(con) -> None:
+    import duckdb
+
     for name, body in MACROS.items():
+        con.execute(f"create or replace temp macro {name}{body}")
+    # a cursor shares its connection's functions: register once per database instance
+    if not con.execute("select 1 from duckdb_functions() where function_name = 'kalm_norm'").fetchall():
+        con.create_function("kalm_norm", normalise, [duckdb.sqltypes.VARCHAR], duckdb.sqltypes.VARCHAR,
+                            type="arrow")
+    for name, body in NORM_MACROS.items():
         con.execute(f"create or replace temp macro {name}{body}")
 
 

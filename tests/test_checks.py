@@ -161,24 +161,29 @@ def test_an_empty_source_file_or_no_sources_is_refused_before_any_step(env, caps
     assert "lists no sources" in capsys.readouterr().err
 
 
-def test_a_pair_in_both_splits_fails_the_overlap_check_and_blocks_the_batches(env, capsys):
+def test_a_training_pair_that_is_an_evaluation_pair_is_left_out_of_training_with_its_reason(env, capsys):
+    """Decontamination (#23 item 2): a held-out pair in a training source, in other case and spacing, never reaches
+    the batches; marts.contamination names it and the held-out source it matches."""
     import yaml
 
     from tests.conftest import PAIRS_EVAL, write_jsonl
 
-    # a training source that also carries one held-out pair, with other whitespace (normalised away)
+    leaked = " " + PAIRS_EVAL[0]["query"].upper() + "?"
     write_jsonl(env["dir"] / "sources" / "leak.jsonl",
-                [{"query": " " + PAIRS_EVAL[0]["query"], "pos": PAIRS_EVAL[0]["pos"]},
-                 {"query": "how do I train", "pos": ["call fit on the model"]}])
+                [{"query": leaked, "pos": PAIRS_EVAL[0]["pos"]},
+                 {"query": "how do I train", "pos": ["call fit on the model"]},
+                 {"query": "how do I predict", "pos": ["call predict on the fitted model"]}])
     catalog = yaml.safe_load(env["catalog"].read_text())
     catalog["sources"].append({"name": "leak", "uri": "sources/leak.jsonl"})
     env["catalog"].write_text(yaml.safe_dump(catalog))
-    assert main(["run", "--select", "+key:marts/eval_pairs"]) == 0
-    code = main(["run", "--select", "+key:batched/batches"])
-    out = capsys.readouterr().out
-    assert code == 1 and "check failed: marts/training_pairs no_eval_overlap" in out, out[-3000:]
+    assert main(["run", "--select", "+key:batched/batches or key:marts/contamination"]) == 0
     with warehouse.connect(read_only=True) as con:
-        assert not warehouse.exists(con, "batched", "batches")
+        got = con.execute("select source, query, reason, eval_source from marts.contamination").fetchall()
+        trained = {q for (q,) in con.execute("select query from batched.batches").fetchall()}
+    assert got == [("leak", leaked.strip(), "contaminated: query is a query of gamma", "gamma")]
+    assert leaked.strip() not in trained and "how do I train" in trained
+    overlap = dg.AssetCheckKey(K(["marts", "training_pairs"]), "no_eval_overlap")
+    assert run_checks(overlap)[0] == {"no_eval_overlap": True}
 
 
 def test_flipping_held_out_moves_the_source_between_the_splits(env, capsys):
@@ -208,7 +213,9 @@ def test_evaluation_refuses_a_held_out_split_that_overlaps_what_the_candidate_tr
         query, positive = con.execute("select query, positive from batched.batches limit 1").fetchall()[0]
     # the held-out source now also holds a pair the candidate trained on
     write_jsonl(env["dir"] / "sources" / "evalset.jsonl", PAIRS_EVAL + [{"query": query, "pos": [positive]}])
-    assert main(["run", "--select", "key:raw/gamma+"]) == 1
+    # the held-out chain and evaluation alone: training is not rebuilt (a rebuild would decontaminate it)
+    assert main(["run", "--select", "key:raw/gamma or key:staged/gamma or key:marts/eval_pairs "
+                 "or key:evaluation/mteb_results"]) == 1
     captured = capsys.readouterr()
     assert "FAIL evaluation__mteb_results" in captured.out
     assert "are in the batches the candidate trained on" in captured.out + captured.err

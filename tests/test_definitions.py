@@ -53,6 +53,7 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     stale = _keys(runner.stale_keys(defs, inst))
     # marts/eval_pairs reads the held-out sources only: a training source's change leaves it alone
     tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report", "marts/data_mix",
+            "marts/duplicate_pairs", "marts/contamination",
             "batched/batches", "batched/batch_purity", "training/candidate", "training/embedder", "training/runs",
             "evaluation/mteb_results", "marts/mteb_summary"}
     assert stale == {"raw/beta", "staged/beta", "filtered/beta"} | tail

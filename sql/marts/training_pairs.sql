@@ -1,20 +1,35 @@
 -- grain: one row per distinct (query, positive) pair the ranking-consistency filter kept, training sources only
 -- key: pair_id
--- invariants: no held-out source (they are never filtered); pair_id unique; a pair found in two sources is kept once
+-- invariants: no held-out source (they are never filtered); no query or positive that is an evaluation text after
+--   normalisation (marts.contamination); pair_id unique; a pair found twice, in one source or two,
+--   is kept once after normalisation (case, whitespace, end punctuation: kalm_pair_key, kalm_core/pairs.py); the
+--   other copies are in marts.duplicate_pairs
 
 with filtered_pairs as (
     select * from {{ ref('filtered.*') }}
 ),
 
 consistent as (
-    select * from filtered_pairs where kept
+    select *, kalm_norm(query) as query_norm, kalm_norm(positive) as positive_norm
+    from filtered_pairs
+    where kept
+),
+
+-- decontamination: a pair whose query or positive is an evaluation query or relevant text after normalisation
+-- (marts.contamination lists it with the evaluation source it matches)
+decontaminated as (
+    select * from consistent
+    where query_norm not in (select text from {{ ref('marts.evaluation_texts') }})
+      and positive_norm not in (select text from {{ ref('marts.evaluation_texts') }})
 ),
 
 deduplicated as (
     select
         *,
-        row_number() over (partition by pair_id order by source, row_number, positive_index) as copy_number
-    from consistent
+        -- the first source by name, then the first row, keeps a pair (deterministic)
+        row_number() over (partition by query_norm, positive_norm
+                           order by source, row_number, positive_index) as copy_number
+    from decontaminated
 )
 
 select

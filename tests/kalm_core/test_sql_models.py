@@ -118,3 +118,67 @@ def test_an_incremental_update_is_refused_for_other_models_inputs_and_rows_and_c
     with pytest.raises(ValueError, match="1 row\\(s\\) from a have a source that names no input table"):
         run_incremental(con, report, built, [("filtered", "a")])
     assert _rows(con) == [("a", 1, 1), ("b", 1, 2)]
+
+
+def _filtered(con, name: str, pairs: list[tuple[str, str]]) -> None:
+    rows = ", ".join(f"('{name}', {i + 1}, 1, md5('{q}' || chr(31) || '{p}'), '{q}', '{p}')"
+                     for i, (q, p) in enumerate(pairs))
+    con.execute(f"""create table filtered."{name}" as
+        select source, row_number, positive_index, pair_id, query, positive, true as kept,
+               'retrieval' as task_type, '' as instruction, 'en' as language, cast([] as varchar[]) as negatives,
+               1 as pos_rank, 0.9 as pos_score, 0 as n_given_negatives, 0 as n_mined_negatives,
+               0 as n_filled_negatives, null as record_id, 'h' as content_hash
+        from (values {rows}) v(source, row_number, positive_index, pair_id, query, positive)""")
+
+
+def _curation(con, built, eval_pairs: list[tuple[str, str]]) -> dict:
+    """marts.eval_pairs planted, then the models that decontaminate against it built."""
+    rows = ", ".join(f"('heldout', '{q}', '{p}')" for q, p in eval_pairs) or "(null, null, null)"
+    con.execute(f"create or replace table marts.eval_pairs as select source::varchar as source, query::varchar as "
+                f"query, positive::varchar as positive from (values {rows}) v(source, query, positive) "
+                "where source is not null")
+    models = {m.name: m for m in discover() if m.layer == "marts"}
+    for name in ("evaluation_texts", "contamination"):
+        run_model(con, models[name], built)
+    return models
+
+
+def test_a_pair_found_twice_trains_once_after_normalisation_and_the_other_copy_says_which_it_duplicates(con):
+    """#23 item 4: case, whitespace and end-punctuation variants, in one source or across two, are one pair; the
+    first source by name keeps it, and every kept filtered pair is in training_pairs or duplicate_pairs."""
+    _filtered(con, "beta", [("What is a tensor?", "An array."), ("what is a graph", "nodes and edges"),
+                            ("what  is a tensor", "an array")])
+    _filtered(con, "alpha", [("what is a tensor", "an array"), ("What is C++?", "A language.")])
+    _filtered(con, "gamma", [("what is c", "a language")])  # C++ is not C
+    built = {"filtered": ["alpha", "beta", "gamma"]}
+    models = _curation(con, built, [])
+    assert run_model(con, models["training_pairs"], built) == 4
+    assert run_model(con, models["duplicate_pairs"], built) == 2
+    kept = con.execute("select source, query from marts.training_pairs order by source, query").fetchall()
+    assert kept == [("alpha", "What is C++?"), ("alpha", "what is a tensor"), ("beta", "what is a graph"),
+                    ("gamma", "what is c")]
+    dups = con.execute("select source, row_number, reason, duplicate_of_source from marts.duplicate_pairs "
+                       "order by row_number").fetchall()
+    assert dups == [("beta", 1, "duplicate of alpha row 1", "alpha"), ("beta", 3, "duplicate of alpha row 1", "alpha")]
+    assert con.execute("select count(*) from marts.duplicate_pairs where duplicate_of not in "
+                       "(select pair_id from marts.training_pairs)").fetchall() == [(0,)]
+
+
+def test_training_pairs_touching_the_evaluation_split_are_left_out_with_the_evaluation_source_named(con):
+    """#23 item 2: the planted leaks an md5 of the exact pair missed (case, a double space, `?` added, the same query
+    with another positive, a `.` after the positive, a positive that is an evaluation query) are all caught."""
+    evaluation = [("How do I sort a list", "Use sorted(xs)"), ("what is a tensor", "a multi-dimensional array")]
+    leaks = [("HOW DO I SORT A LIST", "Use sorted(xs)"), ("how do I  sort a list", "use sorted(xs)"),
+             ("How do I sort a list?", "Use sorted(xs)"), ("how do i sort a list", "call list.sort()"),
+             ("tensors?", "A multi-dimensional array."), ("which question", "What is a tensor")]
+    clean = [("how do I reverse a list", "Use reversed(xs)"), ("what is a sorted list", "a list in order")]
+    _filtered(con, "train", leaks + clean)
+    built = {"filtered": ["train"]}
+    models = _curation(con, built, evaluation)
+    assert run_model(con, models["training_pairs"], built) == 2
+    assert {q for (q,) in con.execute("select query from marts.training_pairs").fetchall()} == {q for q, _ in clean}
+    got = con.execute("select row_number, reason, eval_source from marts.contamination order by row_number").fetchall()
+    assert [r[0] for r in got] == [1, 2, 3, 4, 5, 6] and {r[2] for r in got} == {"heldout"}
+    assert got[4][1] == "contaminated: positive is a relevant text of heldout"
+    assert got[5][1] == "contaminated: positive is a query of heldout"
+    assert run_model(con, models["duplicate_pairs"], built) == 0  # a left-out pair is not also a duplicate
