@@ -32,7 +32,10 @@ from kalm_core.token_length import length_limits, load_tokenizer  # noqa: E402
 LIMITS = length_limits(ModelConfig())  # what stage_source applies by default
 
 
-def too_long(text: str, limit: int, tokenizer=load_tokenizer(LIMITS.tokenizer).backend_tokenizer) -> bool:
+_TOKENIZER = load_tokenizer(LIMITS.tokenizer)
+
+
+def too_long(text: str, limit: int, tokenizer=getattr(_TOKENIZER, "backend_tokenizer", _TOKENIZER)) -> bool:
     """The baseline's length rule: a text of fewer bytes than the limit cannot be over it; others are tokenised."""
     return len(text.encode()) + 2 > limit and len(tokenizer.encode(text).ids) > limit
 
