@@ -7,7 +7,7 @@ from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
 from kalm_core import mixing, plots
 from kalm_core import warehouse as wh
-from kalm_core.batching import allowed_purity_gap, purity_ok, repeated_texts, semi_homogeneous
+from kalm_core.batching import allowed_purity_gap, left_over, purity_ok, repeated_texts, semi_homogeneous
 from kalm_core.catalog import Catalog
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
@@ -18,6 +18,7 @@ TRAINING_PAIRS = dg.AssetKey(["marts", "training_pairs"])
 DATA_MIX = dg.AssetKey(["marts", "data_mix"])
 BATCHES = dg.AssetKey(["batched", "batches"])
 PURITY = dg.AssetKey(["batched", "batch_purity"])
+LEFT_OVER = dg.AssetKey(["batched", "left_over"])
 MIX_CHECK = dg.AssetCheckKey(DATA_MIX, "every_weighted_source_sampled")
 
 
@@ -68,6 +69,9 @@ def build_data_mix(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.AssetCheck
                                  "source's pairs once per copy."),
         dg.AssetSpec(PURITY, deps=[TRAINING_PAIRS, DATA_MIX], group_name="batched",
                      kinds={"duckdb"}, description="One row per batch: majority group and its share."),
+        dg.AssetSpec(LEFT_OVER, deps=[TRAINING_PAIRS, DATA_MIX], group_name="batched", kinds={"duckdb"},
+                     description="The epoch's pairs that are in no batch, each with the reason: with the batches, "
+                                 "every sampled pair is accounted for."),
     ],
 )
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
@@ -81,18 +85,24 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
         with wh.transaction(con):  # the batches and their purity change together
             rows = wh.write(con, "batched", "batches", out)
             purity_rows = wh.write(con, "batched", "batch_purity", purity)
+            rest_rows = wh.write(con, "batched", "left_over", left_over(pairs, out, profile.global_batch))
         yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
             con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
-            rows_left_over=stats.rows_left_over, repeated_texts_masked_in_loss=repeated_texts(out),
+            rows_left_over=stats.rows_left_over, pooled_batches=stats.pooled_batches,
+            repeated_texts_masked_in_loss=repeated_texts(out),
             snapshot_path=dg.MetadataValue.path(str(snapshot)), snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
             con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,
             expected_purity=stats.expected_purity, purity_sd=stats.purity_sd, mixed_per_batch=stats.mixed_per_batch),
             **run_profile_versions(context, settings.profile, PURITY))
-    context.log.info(f"{stats.batches} batches of {profile.global_batch}, purity {stats.mean_purity:.3f} "
-                     f"(expected {stats.expected_purity:.3f}), snapshot {snapshot}")
+        yield dg.MaterializeResult(asset_key=LEFT_OVER, metadata=table_metadata(
+            con, "batched", "left_over", rows=rest_rows, rows_in=stats.rows_in, rows_batched=stats.rows_batched),
+            **run_profile_versions(context, settings.profile, LEFT_OVER))
+    context.log.info(f"{stats.batches} batches of {profile.global_batch} ({stats.pooled_batches} pooled from groups' "
+                     f"remainders), purity {stats.mean_purity:.3f} (expected {stats.expected_purity:.3f}), "
+                     f"{stats.rows_left_over} of {stats.rows_in} pairs left over, snapshot {snapshot}")
 
 
 PURITY_CHECK = dg.AssetCheckKey(PURITY, "purity_matches_ratio")

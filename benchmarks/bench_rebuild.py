@@ -106,8 +106,9 @@ def main() -> None:
         with redirect_stdout(quiet):
             first, built = _run(["--select", DATA])
         print(f"initial build {first:.1f}s ({len(built)} assets)")
-        tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report", "batched/batches",
-                "batched/batch_purity"}
+        tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report", "marts/data_mix",
+                "marts/contamination", "marts/duplicate_pairs", "batched/batches", "batched/batch_purity",
+                "batched/left_over"}
         chain = {"raw/src03", "staged/src03", "filtered/src03"} | tail
 
         def rebuild(label: str, change, expected: set[str]) -> float:

@@ -1,9 +1,10 @@
 """Task-homogeneous and semi-homogeneous batches (KaLM §3.2, technique (4)).
 
-Cut each group's shuffled rows (a group is a task type, or a source) into global batches. Then take
-`m = int(global_batch * (1 - ratio))` rows from every batch, pool them across all batches, shuffle, and put them
-back: ratio 1.0 gives pure in-task batches, where in-batch negatives are hardest; a lower ratio trades hardness for
-fewer false negatives. Rows are placed so that texts repeat inside a batch as little as the data allows; where
+Cut each group's shuffled rows (a group is a task type, or a source) into global batches; the groups' remainders
+(a group smaller than a batch, a group's last rows) are pooled into mixed batches rather than dropped. Then take
+`m = int(global_batch * (1 - ratio))` rows from every in-group batch, pool them across those batches, shuffle, and
+put them back: ratio 1.0 gives pure in-task batches, where in-batch negatives are hardest; a lower ratio trades
+hardness for fewer false negatives. What is short of one more batch is returned by `left_over` with its reason. Rows are placed so that texts repeat inside a batch as little as the data allows; where
 they must (a classification source's label-name positives), the loss masks the repeats out of each other's
 softmax (kalm_core/losses/same_text.py) instead of the rows being left out. The result is a deterministic function
 of the seed.
@@ -41,7 +42,8 @@ class BatchStats:
     batches: int
     rows_in: int
     rows_batched: int
-    rows_left_over: int  # rows that did not fill a last global batch
+    rows_left_over: int  # rows short of one more global batch once every group's remainder was pooled
+    pooled_batches: int  # batches of several groups' remainders (small sources, groups' last rows)
     mixed_per_batch: int  # m
     mean_purity: float
     expected_purity: float
@@ -120,18 +122,31 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
         cut, rest = _cut_group(rows, size)
         batches += cut
         left_over += rest
-    if not batches:
-        raise BatchingError(f"{pairs.height} pairs do not fill one global batch of {size} in any {cfg.group_by}")
+    # 2. the groups' remainders (a small source, a group's last rows) pooled into mixed batches, not dropped;
+    # the smallest groups' rows go first, so what stays short of a batch comes from the groups that trained most
+    sizes = dict(pairs[cfg.group_by].value_counts().iter_rows())
+    pool = [left_over[i] for i in rng.permutation(len(left_over))]
+    pool.sort(key=lambda r: sizes[r[cfg.group_by]])
+    pooled_batches, left_over = _cut_group(pool, size)
+    if not batches and not pooled_batches:
+        raise BatchingError(f"{pairs.height} pairs do not fill one global batch of {size}")
     batches = [batches[i] for i in rng.permutation(len(batches))]
-    m = int(size * (1 - cfg.ratio))
+    m = int(size * (1 - cfg.ratio)) if batches else 0
     majority = [Counter(r[cfg.group_by] for r in b).most_common(1)[0][0] for b in batches]
     share: dict = {}
-    if m > 0:  # 2. take m rows from every batch, pool, shuffle, put back
+    if m > 0:  # 3. take m rows from every in-group batch, pool, shuffle, put back
         pooled = [row for b in batches for row in b[size - m:]]
         share = {g: n / len(pooled) for g, n in Counter(r[cfg.group_by] for r in pooled).items()}
         pooled = [pooled[i] for i in rng.permutation(len(pooled))]
         for i, b in enumerate(batches):
             b[size - m:] = pooled[i * m:(i + 1) * m]
+    # the pooled batches at random places in the epoch; their purity is their composition's, not a draw
+    kinds = ["in_group"] * len(batches)
+    for b in pooled_batches:
+        at = int(rng.integers(len(batches) + 1))
+        batches.insert(at, b)
+        kinds.insert(at, "pooled")
+        majority.insert(at, Counter(r[cfg.group_by] for r in b).most_common(1)[0][0])
     for b in batches:  # a batch's rows in a random order, so devices' micro-batches mix the same way
         b[:] = [b[i] for i in rng.permutation(len(b))]
 
@@ -139,20 +154,31 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
     for bid, b in enumerate(batches):
         counts = Counter(r[cfg.group_by] for r in b)
         purity = counts[majority[bid]] / len(b)
-        expected = ((size - m) + m * share.get(majority[bid], 0.0)) / size
-        purity_rows.append({"batch_id": bid, "majority_group": majority[bid], "purity": purity,
+        expected = ((size - m) + m * share.get(majority[bid], 0.0)) / size if kinds[bid] == "in_group" else purity
+        purity_rows.append({"batch_id": bid, "kind": kinds[bid], "majority_group": majority[bid], "purity": purity,
                             "expected_purity": expected, "size": len(b), "groups": len(counts)})
         records += [{**r, "batch_id": bid, "position": p} for p, r in enumerate(b)]
     out = pl.DataFrame(records).select("batch_id", "position", *[c for c in pairs.columns])
     purity = pl.DataFrame(purity_rows)
     # each batch's m mixed rows are a draw from the pool: the share of its majority group has variance p(1-p)/m
-    var = sum((m / size) ** 2 * share.get(g, 0.0) * (1 - share.get(g, 0.0)) / m for g in majority) if m else 0.0
+    var = sum((m / size) ** 2 * share.get(g, 0.0) * (1 - share.get(g, 0.0)) / m
+              for g, kind in zip(majority, kinds) if kind == "in_group") if m else 0.0
     stats = BatchStats(
         batches=len(batches), rows_in=pairs.height, rows_batched=out.height, rows_left_over=len(left_over),
-        mixed_per_batch=m, mean_purity=float(purity["purity"].mean()),
+        pooled_batches=len(pooled_batches), mixed_per_batch=m, mean_purity=float(purity["purity"].mean()),
         expected_purity=float(purity["expected_purity"].mean()), purity_sd=var ** 0.5 / len(batches),
     )
     return out, purity, stats
+
+
+def left_over(pairs: pl.DataFrame, batches: pl.DataFrame, global_batch: int) -> pl.DataFrame:
+    """The pairs (one row per upsampled copy) that are in no batch, each with the reason: every kept pair is in a
+    batch or in this table (issue: no source vanishes at batching)."""
+    keys = ["pair_id", "copy"] if "copy" in pairs.columns else ["pair_id"]
+    rest = pairs.join(batches.select(keys), on=keys, how="anti")
+    return rest.with_columns(reason=pl.lit(
+        f"short of a global batch: {rest.height} rows were left once every group's remainder had been pooled into "
+        f"mixed batches of {global_batch}"))
 
 
 def repeated_texts(batches: pl.DataFrame) -> int:

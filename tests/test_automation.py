@@ -20,7 +20,7 @@ from dagster_project.definitions import build_defs
 K = dg.AssetKey
 BETA_CHAIN = {"raw/beta", "staged/beta", "filtered/beta", "marts/training_pairs", "marts/filter_report",
               "marts/negatives_report", "marts/contamination", "marts/duplicate_pairs", "marts/data_mix",
-              "batched/batches", "batched/batch_purity"}
+              "batched/batches", "batched/batch_purity", "batched/left_over"}
 
 
 def _observe(defs, inst) -> int:

@@ -54,7 +54,7 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     # marts/eval_pairs reads the held-out sources only: a training source's change leaves it alone
     tail = {"marts/training_pairs", "marts/filter_report", "marts/negatives_report", "marts/data_mix",
             "marts/duplicate_pairs", "marts/contamination",
-            "batched/batches", "batched/batch_purity", "training/candidate", "training/embedder", "training/runs",
+            "batched/batches", "batched/batch_purity", "batched/left_over", "training/candidate", "training/embedder", "training/runs",
             "evaluation/mteb_results", "marts/mteb_summary"}
     assert stale == {"raw/beta", "staged/beta", "filtered/beta"} | tail
 
@@ -72,7 +72,7 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
     with warehouse.connect(read_only=True) as con:  # the row counts the steps recorded (and kalm run printed)
         for layer, name in (("raw", "beta"), ("staged", "beta"), ("filtered", "beta"), ("marts", "training_pairs"),
                             ("marts", "filter_report"), ("marts", "data_mix"), ("batched", "batches"),
-                            ("batched", "batch_purity")):
+                            ("batched", "batch_purity"), ("batched", "left_over")):
             meta = inst.get_latest_materialization_event(K([layer, name])).asset_materialization.metadata
             rows = warehouse.count(con, layer, name)
             assert meta["dagster/row_count"].value == rows

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalm_core.batching import BatchingError, repeated_texts, semi_homogeneous
+from kalm_core.batching import BatchingError, left_over, repeated_texts, semi_homogeneous
 from kalm_core.config import BatchConfig
 from kalm_core.snapshot import SNAPSHOT_COLUMNS, write_snapshot
 
@@ -32,8 +32,10 @@ def test_realised_purity_follows_the_ratio(ratio, per_device, world, sizes):
     assert stats.mixed_per_batch == int(g * (1 - ratio))
     assert (purity["size"] == g).all() and out.height == stats.batches * g
     assert stats.rows_batched + stats.rows_left_over == data.height
+    assert stats.rows_left_over < g and left_over(data, out, g).height == stats.rows_left_over
+    assert (purity["kind"] == "pooled").sum() == stats.pooled_batches
     if ratio == 1.0:
-        assert (purity["purity"] == 1.0).all()
+        assert (purity.filter(pl.col("kind") == "in_group")["purity"] == 1.0).all()
     assert stats.purity_ok(0.25), stats  # within a quarter of the expected mixing plus 3 sampling SDs
     assert stats.purity_sd <= 0.1 and (stats.purity_sd == 0) == (stats.mixed_per_batch == 0)
     assert out.select("batch_id", "position").is_unique().all()
@@ -70,6 +72,26 @@ def test_a_label_source_beside_a_retrieval_source_reaches_the_batches_whole():
     out, _, stats = semi_homogeneous(data, BatchConfig(per_device_batch=32, ratio=1.0))
     assert stats.rows_left_over == 0 and out.filter(pl.col("source") == "cls").height == 512
     assert repeated_texts(out) > 0  # label names repeat inside classification batches: the loss masks them
+
+
+def test_a_source_smaller_than_a_batch_trains_in_pooled_batches_and_what_is_left_says_why():
+    """Sources of 100, 1,000 and 10,000 pairs grouped by source: the 100-pair source's rows and the others' last
+    rows fill mixed batches instead of vanishing; only what is short of one more batch is left over, with a reason."""
+    data = pairs({"small": 100, "mid": 1000, "big": 10000})
+    cfg = BatchConfig(per_device_batch=256, ratio=0.9, group_by="source", seed=0)
+    out, purity, stats = semi_homogeneous(data, cfg)
+    per_source = dict(out.group_by("source").len().iter_rows())
+    assert per_source["small"] == 100 and stats.pooled_batches >= 1  # the smallest groups' rows pool first
+    assert stats.rows_left_over < 256 and stats.rows_batched + stats.rows_left_over == data.height
+    rest = left_over(data, out, 256)
+    assert rest.height == stats.rows_left_over and rest["reason"].str.contains("short of a global batch").all()
+    assert pl.concat([out.select("pair_id"), rest.select("pair_id")]).sort("pair_id").equals(
+        data.select("pair_id").sort("pair_id"))  # every pair is in a batch or in the left-over table
+    assert stats.purity_ok(cfg.purity_tolerance)
+    pooled = purity.filter(pl.col("kind") == "pooled")
+    assert (pooled["purity"] == pooled["expected_purity"]).all() and (pooled["groups"] > 1).any()
+    alone, _, s2 = semi_homogeneous(pairs({"tiny": 40, "other": 40}), BatchConfig(per_device_batch=64))
+    assert alone.height == 64 and s2.pooled_batches == 1  # no group fills a batch alone: together they do
 
 
 def test_bad_config_is_refused():
