@@ -5,8 +5,8 @@ their inputs change.
   `KALM_OBSERVE_INTERVAL_S` seconds (default 30) and records an observation only for a source whose version (file
   content + catalogue entry) changed: no run is launched for an unchanged source.
 - `kalm_automation` (Dagster's automation-condition sensor, running by default) evaluates the conditions every
-  `KALM_AUTOMATION_INTERVAL_S` seconds: the data layers (raw, staged, filtered, marts, batched) are `eager`, so a
-  changed source rebuilds its own chain in one run; training and evaluation show as stale but run only when asked,
+  `KALM_AUTOMATION_INTERVAL_S` seconds: the data layers (raw, staged, synthetic, filtered, marts, batched) are
+  eager (`eager_from_the_start`), so a new project builds whole on the first tick and a changed source rebuilds its own chain in one run; training and evaluation show as stale but run only when asked,
   unless the profile's `automate_training` is on.
 """
 
@@ -22,7 +22,7 @@ from kalm_core.identifiers import LAYERS
 
 ALL_JOB = "kalm_all"
 OBSERVE_JOB = "observe_sources"
-DATA_LAYERS = ("raw", "staged", "filtered", "marts", "batched")
+DATA_LAYERS = ("raw", "staged", "synthetic", "filtered", "marts", "batched")  # eager: a new project builds whole
 MODEL_LAYERS = ("training", "evaluation")
 
 
@@ -40,16 +40,28 @@ def jobs(layers_present: set[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     return out
 
 
+def eager_from_the_start() -> dg.AutomationCondition:
+    """Dagster's `eager()` without its first-evaluation reset: eager() counts an asset missing at the sensor's first
+    tick as handled, so on a new project an asset without parents (the synthetic layer) is never requested and its
+    children wait on it forever. Here a missing asset stays due until it is requested or materialised, and runs
+    once its parents are present or requested in the same tick; a failed run is not retried on every tick."""
+    handled = (dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()).with_label("handled")
+    due = (dg.AutomationCondition.missing().newly_true().with_label("newly_missing")
+           | dg.AutomationCondition.any_deps_updated()).since(handled)
+    return (due & ~dg.AutomationCondition.any_deps_missing() & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()).with_label("eager_from_the_start")
+
+
 def automated(assets: list, automate_training: bool = False) -> list:
-    """The data layers (and, when asked, training and evaluation) get AutomationCondition.eager(): rebuilt when a
-    dependency updates, never while one is missing or in progress."""
+    """The data layers (and, when asked, training and evaluation) are built when missing and rebuilt when a
+    dependency updates, never while one is missing or in progress (eager_from_the_start)."""
     layers = DATA_LAYERS + (MODEL_LAYERS if automate_training else ())
 
     def condition(spec: dg.AssetSpec) -> dg.AssetSpec:
         summary_of_models = spec.key == dg.AssetKey(["marts", "mteb_summary"])  # downstream of evaluation
         if spec.key.path[0] not in layers or (summary_of_models and not automate_training):
             return spec
-        return spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())
+        return spec.replace_attributes(automation_condition=eager_from_the_start())
 
     return dg.map_asset_specs(condition, assets)
 
@@ -92,5 +104,6 @@ def sensors(catalog, fingerprint) -> list:
     automation = dg.AutomationConditionSensorDefinition(
         "kalm_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=_interval("KALM_AUTOMATION_INTERVAL_S"),
-        description="Rebuilds the data layers whose inputs changed (AutomationCondition.eager on raw..batched).")
+        description="Builds the data layers when missing and rebuilds those whose inputs changed "
+                    "(eager on raw, staged, synthetic, filtered, marts and batched).")
     return [observe, automation]
