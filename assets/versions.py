@@ -1,4 +1,5 @@
-"""What each layer's tables are computed from: the modules and profile sections its code version covers."""
+"""What each layer's tables are computed from: the modules (its asset module's import closure) and profile sections
+its code version covers."""
 
 from __future__ import annotations
 
@@ -6,33 +7,23 @@ import hashlib
 
 import dagster as dg
 
-from kalm_core import filter_model, token_length
 from kalm_core.config import Profile, get_profile
-from kalm_core.versions import code_version
+from kalm_core.versions import code_version, import_closure
 
 CODE_VERSION_TAG, DATA_VERSION_TAG = "dagster/code_version", "dagster/data_version"
 PROFILE_TAG = "kalm/profile"  # on every materialisation of a table the profile shapes: which profile built it
 
-MODEL = ("kalm_core.model", "kalm_core.device", "kalm_core.prompts")  # prompts: the instruction policy
-LAYER_CODE: dict[str, tuple[str, ...]] = {
-    "raw": ("assets.raw", "kalm_core.extract", "kalm_core.records", "kalm_core.python_docs", "kalm_core.sources",
-            "kalm_core.sources.schema", "kalm_core.sources.read", "kalm_core.sources.labels", "kalm_core.sources.nli",
-            "kalm_core.sources.sentence_pairs", "kalm_core.sources.beir",
-            "kalm_core.sources.sql_source", "kalm_core.sources.mteb_source", "kalm_core.sources.jsonl"),
-    "staged": ("assets.staged", "kalm_core.staging", "kalm_core.pairs", "kalm_core.token_length"),
-    "synthetic": ("assets.synthetic", "kalm_core.synthesis.generate", "kalm_core.synthesis.tasks",
-                  "kalm_core.synthesis.validation", "kalm_core.synthesis.personas", "kalm_core.pairs"),
-    "filtered": ("assets.filtered", "kalm_core.filtering", "kalm_core.ranking_consistency", "kalm_core.mining",
-                 "kalm_core.search", "kalm_core.embedding_cache", "kalm_core.filter_model", *MODEL),
-    "marts": ("assets.marts", "kalm_core.sql_models", "kalm_core.pairs"),
-    "mix": ("assets.batched", "kalm_core.mixing", "kalm_core.plots"),
-    "batched": ("assets.batched", "kalm_core.batching", "kalm_core.snapshot", "kalm_core.mixing"),
-    "training": ("assets.training", "kalm_core.trainer", "kalm_core.batch_data", "kalm_core.grad_cache",
-                 "kalm_core.memory_budget", "kalm_core.losses.info_nce", "kalm_core.losses.matryoshka",
-                 "kalm_core.losses.gather", "kalm_core.losses.same_text",
-                 "kalm_core.checkpoint", *MODEL),
-    "evaluation": ("assets.evaluation", "kalm_core.evaluation", *MODEL),
+# What runs a layer's tables: its asset module (and a process it launches); the code version covers everything they
+# import inside the project (kalm_core.versions.import_closure), so no hand-kept module list can drift.
+LAYER_ROOTS: dict[str, tuple[str, ...]] = {
+    "raw": ("assets.raw",), "staged": ("assets.staged",), "synthetic": ("assets.synthetic",),
+    "filtered": ("assets.filtered",), "marts": ("assets.marts",), "mix": ("assets.batched",),
+    "batched": ("assets.batched",), "training": ("assets.training", "dagster_project.pipes_trainer"),
+    "evaluation": ("assets.evaluation",),
 }
+VERSIONING = ("assets.versions", "kalm_core.versions")  # computes versions, not tables: followed by none
+LAYER_CODE: dict[str, tuple[str, ...]] = {layer: import_closure(roots, stop=VERSIONING)
+                                          for layer, roots in LAYER_ROOTS.items()}
 
 
 KEY_LAYERS = {("marts", "data_mix"): "mix"}  # a Python asset among the SQL marts: its own code and settings
@@ -44,6 +35,8 @@ def layer_of(key: dg.AssetKey) -> str:
 
 def layer_settings(layer: str, profile: Profile) -> tuple:
     """The profile sections a layer reads."""
+    from kalm_core import filter_model, token_length  # here: importing assets.versions adds no module to a layer
+
     if layer == "filtered":  # and the filter model's weights: a newly promoted `embedder:latest` re-filters
         return profile.filter, profile.model, profile.n_negatives, filter_model.identity(profile)
     return {"staged": (token_length.length_limits(profile.model),), "synthetic": (profile.synthesis,),
