@@ -3,10 +3,10 @@
 import re
 
 import dagster as dg
-from dagster._core.definitions.data_version import extract_data_version_from_entry
 
 from assets.common import table_metadata
 from assets.resources import WarehouseResource
+from assets.versions import data_version_of
 from kalm_core import sql_models
 from kalm_core import warehouse as wh
 from kalm_core.identifiers import table
@@ -126,8 +126,9 @@ def _changed_inputs(context: dg.AssetExecutionContext, con, model: sql_models.Sq
         entry = record.asset_entry
         latest = max((r for r in (entry.last_materialization_record, entry.last_observation_record) if r),
                      key=lambda r: r.storage_id, default=None)
-        current = extract_data_version_from_entry(latest.event_log_entry) if latest else None
-        if current != provenance.input_data_versions[entry.asset_key]:
+        current = data_version_of(latest.event_log_entry) if latest else None
+        recorded = provenance.input_data_versions[entry.asset_key]
+        if current != (recorded.value if recorded else None):
             changed.append(tuple(entry.asset_key.path))
     changed.sort()
     return None if any(layer not in model.wildcard_layers for layer, _ in changed) else changed

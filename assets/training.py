@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
-from dagster._core.errors import DagsterPipesExecutionError
 
 from assets.batched import BATCHES
 from assets.resources import SettingsResource, WarehouseResource
@@ -82,7 +81,7 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     client = dg.PipesSubprocessClient(env=QUIET_SUBPROCESS, forward_termination=True)
     try:
         records = client.run(command=cmd, context=context).get_custom_messages()
-    except DagsterPipesExecutionError as e:
+    except Exception as e:  # DagsterPipesExecutionError (not exported publicly): the trainer's log says why
         raise dg.Failure(description=trainer_failure(out, str(e)), metadata={"run_dir": str(out)}) from None
     records = [r for r in records if isinstance(r, dict)]
     summary = next(r for r in records if r["event"] == "done")

@@ -61,13 +61,15 @@ def versioned(assets: list, profile: Profile) -> list:
     return dg.map_asset_specs(version, assets)
 
 
+def data_version_of(entry: dg.EventLogEntry) -> str | None:
+    """The data version a materialisation or observation recorded (its `dagster/data_version` tag)."""
+    event = entry.asset_materialization or entry.asset_observation
+    return (event.tags or {}).get(DATA_VERSION_TAG) if event else None
+
+
 def _latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
     record = instance.get_latest_data_version_record(key)
-    if record is None:
-        return ""
-    entry = record.event_log_entry
-    event = entry.asset_materialization or entry.asset_observation
-    return (event.tags or {}).get(DATA_VERSION_TAG, "") if event else ""
+    return (data_version_of(record.event_log_entry) or "") if record else ""
 
 
 def run_profile_versions(context: dg.AssetExecutionContext, profile_name: str,

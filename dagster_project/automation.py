@@ -72,9 +72,8 @@ def _interval(var: str) -> int:
 
 def sensors(catalog, fingerprint) -> list:
     """The source observer and the automation-condition sensor, both running by default."""
-    from dagster._core.definitions.data_version import extract_data_version_from_entry
-
     from assets.raw import source_key
+    from assets.versions import data_version_of
 
     @dg.sensor(name=OBSERVE_JOB, minimum_interval_seconds=_interval("KALM_OBSERVE_INTERVAL_S"),
                default_status=dg.DefaultSensorStatus.RUNNING,
@@ -92,8 +91,7 @@ def sensors(catalog, fingerprint) -> list:
                 continue
             if src.name not in seen:  # first tick: what the instance last recorded
                 record = context.instance.get_latest_data_version_record(key, is_source=True)
-                last = extract_data_version_from_entry(record.event_log_entry) if record else None
-                seen[src.name] = last.value if last else None
+                seen[src.name] = data_version_of(record.event_log_entry) if record else None
             if version != seen[src.name]:
                 events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version}))
                 seen[src.name] = version
