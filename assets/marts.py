@@ -21,7 +21,7 @@ FULL_REFRESH_TAG = "kalm/full_refresh"  # a run tagged so builds incremental mod
 def _spec(model: sql_models.SqlModel, built: dict[str, list[str]]) -> dg.AssetSpec:
     return dg.AssetSpec([model.layer, model.name], deps=[dg.AssetKey(list(d)) for d in model.dependencies(built)],
                         group_name=model.layer, kinds={"duckdb"}, code_version=model.code_version,
-                        description=model.description)
+                        description=model.description, metadata=model.metadata)
 
 
 def _check_specs(model: sql_models.SqlModel) -> list[dg.AssetCheckSpec]:

@@ -32,13 +32,15 @@ def fingerprint(src: Source, catalog: Catalog) -> str:
 def build_source_observer(src: Source, catalog: Catalog):
     """The file (or package set) behind a source, versioned by a hash of its content."""
 
-    def _observe() -> dg.DataVersion:
-        return dg.DataVersion(fingerprint(src, catalog))
+    def _observe() -> dg.ObserveResult:
+        return dg.ObserveResult(data_version=dg.DataVersion(fingerprint(src, catalog)),
+                                metadata=extract.file_facts(src, catalog.base_dir))
 
     with warnings.catch_warnings():  # observable_source_asset is marked beta; it is the documented way here
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.observable_source_asset(key=source_key(src), group_name="sources", name=None,
-                                          description=src.origin)(_observe)
+                                          description=f"{src.task_type} source {src.name!r}: {src.origin}. "
+                                                      "Observed: its files, size, records and last change.")(_observe)
 
 
 def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:

@@ -22,7 +22,9 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
     model = _template()
 
     @dg.asset(key=["staged", src.name], deps=[dg.AssetKey(["raw", src.name])], group_name="staged",
-              kinds={"duckdb"}, code_version=model.code_version, description=model.description)
+              kinds={"duckdb"}, code_version=model.code_version,
+              description=f"Source {src.name!r} staged: {model.description[:1].lower()}{model.description[1:]}",
+              metadata=model.metadata)
     def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 settings: SettingsResource) -> dg.MaterializeResult:
         profile = get_profile(settings.profile)  # its model's max lengths and tokenizer set the length limits

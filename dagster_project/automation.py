@@ -74,6 +74,7 @@ def sensors(catalog, fingerprint) -> list:
     """The source observer and the automation-condition sensor, both running by default."""
     from assets.raw import source_key
     from assets.versions import data_version_of
+    from kalm_core.extract import file_facts
 
     @dg.sensor(name=OBSERVE_JOB, minimum_interval_seconds=_interval("KALM_OBSERVE_INTERVAL_S"),
                default_status=dg.DefaultSensorStatus.RUNNING,
@@ -81,7 +82,7 @@ def sensors(catalog, fingerprint) -> list:
                            "changed, which the data layers' automation conditions react to.")
     def observe(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         seen = json.loads(context.cursor) if context.cursor else {}
-        events, skipped = [], []
+        events, skipped, changed = [], [], []
         for src in catalog.sources:
             key = source_key(src)
             try:
@@ -93,11 +94,18 @@ def sensors(catalog, fingerprint) -> list:
                 record = context.instance.get_latest_data_version_record(key, is_source=True)
                 seen[src.name] = data_version_of(record.event_log_entry) if record else None
             if version != seen[src.name]:
-                events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version}))
+                events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version},
+                                                  metadata=file_facts(src, catalog.base_dir)))
+                changed.append(src.name if seen[src.name] is None else f"{src.name} (changed)")
                 seen[src.name] = version
         for line in skipped:
             context.log.warning(f"source not observed this tick: {line}")
-        return dg.SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
+        if changed:  # the tick's log names them; the automation sensor then requests their chains
+            context.log.info(f"observed new versions of {len(changed)} source(s): {', '.join(changed)}")
+        cursor = json.dumps(seen, sort_keys=True)
+        if not events:
+            return dg.SensorResult(skip_reason=f"no source changed ({len(catalog.sources)} observed)", cursor=cursor)
+        return dg.SensorResult(asset_events=events, cursor=cursor)
 
     automation = dg.AutomationConditionSensorDefinition(
         "kalm_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,

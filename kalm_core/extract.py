@@ -319,3 +319,33 @@ def file_fingerprint(src: Source, base_dir: Path) -> str:
         h.update(f.encode())
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
+
+
+def file_facts(src: Source, base_dir: Path) -> dict:
+    """What a user wants to see about a file source's data: where it is, how many files and bytes, how many
+    records (parquet row counts; text files' lines, less a header line per csv/tsv file) and when it last
+    changed. A remote URI or a non-file source gives its location alone."""
+    from datetime import datetime, timezone
+
+    uri = src.resolved_uri(base_dir) if src.kind == "file" and src.uri else None
+    if uri is None or not is_local(uri):
+        return {"location": uri or src.origin}
+    root = Path(uri)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else \
+        [Path(f) for f in sorted(glob.glob(uri, recursive=True)) if Path(f).is_file()]
+    records = 0
+    for f in files:
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            records += pq.ParquetFile(f).metadata.num_rows
+        else:
+            with f.open("rb") as fh:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 24), b""))
+            header = src.header and f.suffix in (".csv", ".tsv") and lines > 0
+            records += lines - header
+    newest = max((f.stat().st_mtime for f in files), default=None)
+    return {"location": uri, "files": len(files), "size_bytes": sum(f.stat().st_size for f in files),
+            "records": records,
+            "last_modified": datetime.fromtimestamp(newest, timezone.utc).isoformat(timespec="seconds")
+            if newest else "no file matches"}

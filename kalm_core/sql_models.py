@@ -24,6 +24,7 @@ from kalm_core.warehouse import replace_rows
 SQL_DIR = Path(str(files("kalm_core") / "sql"))  # package data: the repository's sql/, shipped in the wheel
 _REF = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z_]+)\.([A-Za-z0-9_*]+)['\"]\s*(?:,\s*['\"]([a-z_]+)['\"]\s*)?\)\s*\}\}")
 _HEADER = re.compile(r"^--\s*([a-z_]+)\s*:\s*(.*)$")
+_CONTINUATION = re.compile(r"^--\s{2,}(\S.*)$")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,18 @@ class SqlModel:
 
     @property
     def description(self) -> str:
-        return "\n".join(f"{k}: {v}" for k, v in self.header.items())
+        """Sentences for the UI's asset page: the grain and the key; the header's other fields are `metadata`."""
+        grain = self.header.get("grain", f"the {self.layer}.{self.name} model").rstrip(".")
+        key = f" Key: {self.header['key'].rstrip('.')}." if "key" in self.header else ""
+        return f"{grain[:1].upper()}{grain[1:]}.{key} Built by the SQL model {Path(self.path).name}."
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The header's fields, one entry each (grain, key, invariants, macros, ...), and the model's file."""
+        path = Path(str(self.path))
+        root = Path(__file__).resolve().parent.parent
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        return {"sql_file": str(shown), **{f"sql_{k}": v for k, v in self.header.items()}}
 
     def dependencies(self, built: dict[str, list[str]]) -> list[tuple[str, str]]:
         """Resolve refs against the tables the pipeline builds (`{layer: [names]}`); wildcards expand."""
@@ -101,12 +113,17 @@ def _subset(built: dict[str, list[str]], layer: str, subset: str, path) -> list[
 
 
 def parse_header(text: str) -> dict[str, str]:
+    """`-- key: value` lines up to the first SQL line; a line indented further (`--   more`) continues the value."""
     header: dict[str, str] = {}
+    last = None
     for line in text.splitlines():
         if not line.startswith("--"):
             break
-        if m := _HEADER.match(line):
-            header[m.group(1)] = m.group(2).strip()
+        if last and (m := _CONTINUATION.match(line)):
+            header[last] += " " + m.group(1).strip()
+        elif m := _HEADER.match(line):
+            last = m.group(1)
+            header[last] = m.group(2).strip()
     return header
 
 

@@ -84,8 +84,15 @@ def test_a_changed_source_requests_exactly_its_chain_and_nothing_of_the_model(en
     assert _observe(defs, inst) == 0  # nothing changed since the run observed the sources
     first = dg.evaluate_automation_conditions(defs, inst)
     assert first.total_requested == 0
+    sensor = defs.resolve_sensor_def("observe_sources")
+    quiet = sensor(dg.build_sensor_context(instance=inst, cursor=None, definitions=defs))
+    assert quiet.skip_reason and "no source changed" in quiet.skip_reason.skip_message  # said, not empty
     _edit_beta(env)
     assert _observe(defs, inst) == 1  # only beta's version moved
+    record = inst.get_latest_data_version_record(K(["sources", "beta"]), is_source=True)
+    facts = record.event_log_entry.asset_observation.metadata  # what the source's asset page shows
+    assert facts["records"].value == 2 and facts["files"].value == 1 and facts["size_bytes"].value > 0
+    assert facts["location"].value.endswith("b.parquet") and facts["last_modified"].value.startswith("20")
     second = dg.evaluate_automation_conditions(defs, inst, cursor=first.cursor)
     keys = defs.resolve_asset_graph().get_all_asset_keys()
     requested = {k.to_user_string() for k in keys if second.get_num_requested(k)}

@@ -187,3 +187,21 @@ def test_a_null_list_in_a_parquet_row_keeps_the_row(con, tmp_path):
     df = rows(con, "n")
     assert stats.records == 2 and df["row_number"].to_list() == [1, 2] and df["positive"].to_list() == ["x", None]
     assert df["negatives"].to_list() == [[], ["n"]]
+
+
+def test_file_facts_count_records_bytes_and_the_last_change(tmp_path):
+    from kalm_core.extract import file_facts
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_text("q,p\nx,y\nz,w\n")
+    (tmp_path / "d" / "b.csv").write_text("q,p\nu,v\n")
+    facts = file_facts(Source(name="c", uri="d/*.csv", columns={"query": "q", "positive": "p"}), tmp_path)
+    assert facts["files"] == 2 and facts["records"] == 3 and facts["size_bytes"] == 20  # a header line per file
+    headerless = Source(name="h", uri="d/*.csv", header=False, column_names=["q", "p"],
+                        columns={"query": "q", "positive": "p"})
+    assert file_facts(headerless, tmp_path)["records"] == 5
+    pl.DataFrame({"q": ["a", "b", "c"]}).write_parquet(tmp_path / "r.parquet")
+    assert file_facts(Source(name="r", uri="r.parquet"), tmp_path)["records"] == 3
+    assert file_facts(Source(name="m", uri="none/*.jsonl"), tmp_path)["last_modified"] == "no file matches"
+    assert file_facts(Source(name="w", uri="https://example.org/x.jsonl"), tmp_path) == {
+        "location": "https://example.org/x.jsonl"}

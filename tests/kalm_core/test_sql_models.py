@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from kalm_core import warehouse
@@ -65,6 +67,17 @@ def test_bad_refs_and_folders_are_refused(tmp_path):
 
 def test_parse_header_stops_at_the_first_sql_line():
     assert parse_header("-- grain: one row\n-- key: id\nselect 1\n-- key: other") == {"grain": "one row", "key": "id"}
+
+
+def test_a_header_reads_as_sentences_with_its_fields_as_metadata():
+    text = ("-- grain: one row per pair\n-- key: pair_id\n-- invariants: no pair twice; a note:\n"
+            "--   continued: here\n-- macros: kalm_norm\nselect 1 as pair_id")
+    model = SqlModel("marts", "m", Path("kalm_core/sql/marts/m.sql"), text, parse_header(text))
+    assert model.header["invariants"] == "no pair twice; a note: continued: here"  # not a key `continued`
+    assert model.description == "One row per pair. Key: pair_id. Built by the SQL model m.sql."
+    assert model.metadata == {"sql_file": "kalm_core/sql/marts/m.sql", "sql_grain": "one row per pair",
+                              "sql_key": "pair_id", "sql_invariants": "no pair twice; a note: continued: here",
+                              "sql_macros": "kalm_norm"}
 
 
 REPORT = """-- grain: one row per source
