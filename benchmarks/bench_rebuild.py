@@ -36,8 +36,8 @@ import yaml  # noqa: E402
 from kalm_core.config import PROFILES  # noqa: E402
 from kalm_core.python_docs import harvest  # noqa: E402
 
-DATA = ("group:raw or group:staged or group:synthetic or group:filtered or key:marts/training_pairs or key:marts/eval_pairs or "
-        "key:marts/filter_report or key:marts/negatives_report or group:batched")
+DATA = ("group:raw or group:staged or group:synthetic or group:filtered or (group:marts and not key:marts/mteb_summary) "
+        "or group:batched")  # every data layer; mteb_summary reads the evaluation
 
 
 def _project(root: Path, n_sources: int, pairs: int) -> Path:

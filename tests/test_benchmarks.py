@@ -26,6 +26,7 @@ def test_the_median_needs_three_runs():
      "RATIO staging time with readers/alone = "),
     ("bench_sources.py", ["--queries", "200", "--passages", "1000", "--texts", "1000", "--length-texts", "2000"],
      "RATIO length_check ours/bare = "),
+    ("bench_scale.py", ["--pairs", "5000", "--eval", "500", "--leaks", "100"], "RATIO decontamination ours/bare = "),
 ])
 def test_the_lake_benchmarks_run_and_print_their_ratio(script, args, last):
     import subprocess
