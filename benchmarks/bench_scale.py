@@ -4,11 +4,13 @@
 
 (c) of the data-mix issue: `--pairs` kept filtered training pairs and `--eval` held-out pairs (an evaluation query and
 its relevant document each) in a fresh lake; `--leaks` training pairs reuse an evaluation query or document with
-case, whitespace and end punctuation changed. Ours: the shipped SQL models `marts.evaluation_texts` (built once per
-evaluation split) and `marts.contamination`, which normalise with `kalm_norm` (NFKC width folding, case, whitespace,
-end punctuation) and name the evaluation source each leak matches. Bare: the same two hash joins in DuckDB with
-lower(trim()) as the only normalisation, which misses the punctuation variants. Prints both times, what each found,
-then `RATIO decontamination ours/bare = X` (goal <= 3).
+case, whitespace and end punctuation changed, or hold an evaluation document inside a longer text. Ours: the shipped
+SQL models `marts.evaluation_texts` and `marts.evaluation_ngrams` (built once per evaluation split) and
+`marts.contamination`, which normalise with `kalm_norm` (NFKC width folding, case, whitespace, end punctuation), also
+drop a text holding half an evaluation text's word 13-grams, and name the evaluation source each leak matches. Bare:
+two hash joins in DuckDB on exact text with lower(trim()) as the only normalisation, which misses the punctuation
+variants and the contained documents. Prints both times, what each found, then
+`RATIO decontamination ours/bare = X` (goal <= 3).
 
 Left out here: (a) 70 sources through the DAG and (b) one 1M-pair source to the batches with its peak RSS;
 `bench_rebuild.py` and `bench_sources.py` measure the per-source rebuild and the raw -> staged side.
@@ -49,6 +51,8 @@ def generate(pairs: int, n_eval: int, leaks: int, seed: int = 0) -> tuple[pl.Dat
             queries[i] = ev["query"][j]
         elif k % 2:
             queries[i] = ev["query"][j].upper().rstrip("?")
+        elif k % 4 == 2:  # the document inside a longer text: the 13-gram containment rule
+            positives[i] = f"as the survey puts it, {ev['positive'][j]} {_text(rng, i, 20)}"
         else:
             positives[i] = "  " + ev["positive"][j].replace(" ", "  ").rstrip(".") + " !"
     train = pl.DataFrame({"source": "bench", "row_number": range(pairs), "positive_index": 0,
@@ -61,8 +65,9 @@ def ours(con) -> tuple[float, int]:
     models = {m.name: m for m in sql_models.discover() if m.layer == "marts"}
     built = {"filtered": ["bench"], "marts": ["eval_pairs"]}
     t = time.perf_counter()
-    sql_models.run_model(con, models["evaluation_texts"], built)
-    built["marts"].append("evaluation_texts")
+    for name in ("evaluation_texts", "evaluation_ngrams"):  # once per version of the evaluation split
+        sql_models.run_model(con, models[name], built)
+        built["marts"].append(name)
     found = sql_models.run_model(con, models["contamination"], built)
     return time.perf_counter() - t, found
 
@@ -95,7 +100,8 @@ def main() -> None:
         bare_s, bare_found = bare(con)
         ours_s, ours_found = ours(con)
     print(f"bare (lower/trim, two hash joins): {bare_s:.1f}s, {bare_found:,} of {args.leaks:,} leaks found")
-    print(f"ours (marts.evaluation_texts + marts.contamination, kalm_norm): {ours_s:.1f}s, {ours_found:,} found")
+    print(f"ours (marts.evaluation_texts, evaluation_ngrams + contamination: kalm_norm, 13-grams): {ours_s:.1f}s, "
+          f"{ours_found:,} found")
     if ours_found != args.leaks:
         raise SystemExit(f"decontamination found {ours_found:,} leaks of {args.leaks:,} planted")
     print(f"RATIO decontamination ours/bare = {ours_s / bare_s:.2f}")

@@ -52,6 +52,12 @@ NORM_MACROS = {
     # the key two copies of one pair share: cross-source dedup keeps one (marts.training_pairs)
     "kalm_pair_key": "(q, p) as md5(kalm_norm(q) || chr(31) || kalm_norm(p))",
 }
+# Decontamination's containment rule (a training text holding half an evaluation text's word 13-grams:
+# marts.evaluation_ngrams and marts.contamination). A text's words are hashed once, and a 13-gram is the hash of 13
+# word hashes: 4x faster than hashing each 13-gram's joined string. `kalm_ngrams` takes the word hashes as a column (a
+# macro's argument is re-evaluated where it is used) and gives the 13-gram hashes in order; none under 13 words.
+MACROS["kalm_word_hashes"] = "(t) as list_transform(string_split(t, ' '), lambda w: hash(w))"
+MACROS["kalm_ngrams"] = "(h) as list_transform(range(1, len(h) - 11), lambda i: hash(h[i:i + 12]))"
 
 
 def normalise(texts):

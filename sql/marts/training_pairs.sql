@@ -1,9 +1,9 @@
 -- grain: one row per distinct (query, positive) pair the ranking-consistency filter kept, training sources only
 -- key: pair_id
--- invariants: no held-out source (they are never filtered); no query or positive that is an evaluation text after
---   normalisation (marts.contamination); pair_id unique; a pair found twice, in one source or two,
---   is kept once after normalisation (case, whitespace, end punctuation: kalm_pair_key, kalm_core/pairs.py); the
---   other copies are in marts.duplicate_pairs
+-- invariants: no held-out source (they are never filtered); no pair marts.contamination lists (a query or positive
+--   that is an evaluation text after normalisation, or holds half of one's 13-grams); pair_id unique; a pair found
+--   twice, in one source or two, is kept once after normalisation (case, whitespace, end punctuation:
+--   kalm_pair_key, kalm_core/pairs.py); the other copies are in marts.duplicate_pairs
 
 with filtered_pairs as (
     select * from {{ ref('filtered.*') }}
@@ -15,12 +15,11 @@ consistent as (
     where kept
 ),
 
--- decontamination: a pair whose query or positive is an evaluation query or relevant text after normalisation
--- (marts.contamination lists it with the evaluation source it matches)
+-- decontamination: a pair whose query or positive is an evaluation query or relevant text after normalisation, or
+-- holds half of one's word 13-grams (marts.contamination lists it with the evaluation source it matches)
 decontaminated as (
     select * from consistent
-    where query_norm not in (select text from {{ ref('marts.evaluation_texts') }})
-      and positive_norm not in (select text from {{ ref('marts.evaluation_texts') }})
+    where pair_id not in (select pair_id from {{ ref('marts.contamination') }})
 ),
 
 deduplicated as (

@@ -151,7 +151,7 @@ def _curation(con, built, eval_pairs: list[tuple[str, str]]) -> dict:
                 f"query, positive::varchar as positive from (values {rows}) v(source, query, positive) "
                 "where source is not null")
     models = {m.name: m for m in discover() if m.layer == "marts"}
-    for name in ("evaluation_texts", "contamination"):
+    for name in ("evaluation_texts", "evaluation_ngrams", "contamination"):
         run_model(con, models[name], built)
     return models
 
@@ -195,3 +195,20 @@ def test_training_pairs_touching_the_evaluation_split_are_left_out_with_the_eval
     assert got[4][1] == "contaminated: positive is a relevant text of heldout"
     assert got[5][1] == "contaminated: positive is a query of heldout"
     assert run_model(con, models["duplicate_pairs"], built) == 0  # a left-out pair is not also a duplicate
+
+
+def test_a_training_text_holding_half_an_evaluation_documents_13_grams_is_left_out(con):
+    """#23 item 2, containment: a positive that quotes most of an evaluation document inside other text is left
+    out, naming the rule; one that shares a single 13-word run of a long document (under half its 13-grams) stays."""
+    doc = " ".join(f"w{i}" for i in range(40))  # 28 distinct 13-grams
+    quoting = "Preface words here. " + " ".join(f"w{i}" for i in range(2, 40)) + " and an epilogue"  # 26 of 28
+    sharing = "other text " + " ".join(f"w{i}" for i in range(0, 20)) + " then something else entirely"  # 8 of 28
+    short = " ".join(f"w{i}" for i in range(12))  # 12 words: no 13-gram, not equal to the document
+    _filtered(con, "train", [("q one", quoting), ("q two", sharing), ("q three", short)])
+    built = {"filtered": ["train"]}
+    models = _curation(con, built, [("an evaluation query", doc)])
+    grams = con.execute("select distinct n_grams from marts.evaluation_ngrams").fetchall()
+    assert grams == [(28,)]
+    got = con.execute("select row_number, reason from marts.contamination").fetchall()
+    assert got == [(1, "contaminated: positive holds half the 13-grams of a relevant text of heldout")]
+    assert run_model(con, models["training_pairs"], built) == 2
