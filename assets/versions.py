@@ -67,9 +67,24 @@ def data_version_of(entry: dg.EventLogEntry) -> str | None:
     return (event.tags or {}).get(DATA_VERSION_TAG) if event else None
 
 
+def latest_data_versions(instance: dg.DagsterInstance, materialized: list[dg.AssetKey],
+                         observed: list[dg.AssetKey] = ()) -> dict[dg.AssetKey, str | None]:
+    """Each asset's current data version (None: never built or observed), through the instance's public methods:
+    the asset records in one query for materialised assets, the latest observation for each observed source (an
+    asset record does not carry observations in Dagster's SQLite storage)."""
+    versions: dict[dg.AssetKey, str | None] = dict.fromkeys([*materialized, *observed])
+    if materialized:
+        for record in instance.get_asset_records(list(materialized)):
+            latest = record.asset_entry.last_materialization
+            versions[record.asset_entry.asset_key] = data_version_of(latest) if latest else None
+    for key in observed:
+        records = instance.fetch_observations(key, limit=1, ascending=False).records
+        versions[key] = data_version_of(records[0].event_log_entry) if records else None
+    return versions
+
+
 def _latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
-    record = instance.get_latest_data_version_record(key)
-    return (data_version_of(record.event_log_entry) or "") if record else ""
+    return latest_data_versions(instance, [key])[key] or latest_data_versions(instance, [], [key])[key] or ""
 
 
 def run_profile_versions(context: dg.AssetExecutionContext, profile_name: str,

@@ -73,7 +73,7 @@ def _interval(var: str) -> int:
 def sensors(catalog, fingerprint) -> list:
     """The source observer and the automation-condition sensor, both running by default."""
     from assets.raw import source_key
-    from assets.versions import data_version_of
+    from assets.versions import latest_data_versions
     from kalm_core.extract import file_facts
 
     @dg.sensor(name=OBSERVE_JOB, minimum_interval_seconds=_interval("KALM_OBSERVE_INTERVAL_S"),
@@ -91,8 +91,7 @@ def sensors(catalog, fingerprint) -> list:
                 skipped.append(f"{src.name}: {type(e).__name__}: {e}")
                 continue
             if src.name not in seen:  # first tick: what the instance last recorded
-                record = context.instance.get_latest_data_version_record(key, is_source=True)
-                seen[src.name] = data_version_of(record.event_log_entry) if record else None
+                seen[src.name] = latest_data_versions(context.instance, [], [key])[key]
             if version != seen[src.name]:
                 events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version},
                                                   metadata=file_facts(src, catalog.base_dir)))

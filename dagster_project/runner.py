@@ -1,23 +1,22 @@
 """Run the Definitions in process against a persistent Dagster instance: observe, find stale, materialise.
 
-Staleness comes from Dagster itself: every source file is observed with a content-hash data version, and
-Dagster's stale-status resolver says which assets a changed file (or an edited SQL model) invalidates.
+Staleness follows Dagster's own rule: every source file is observed with a content-hash data version, and the
+versions each materialisation recorded say which assets a changed file (or an edited SQL model) invalidates
+(dagster_project/staleness.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import socket
+import warnings
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
+from dagster_project import staleness
 from dagster_project.automation import ALL_JOB, OBSERVE_JOB
 from kalm_core.config import data_dir
 
@@ -28,22 +27,14 @@ HOST_TAG, PID_TAG = "kalm/host", "kalm/pid"  # where a `kalm run` executes (fail
 
 _RUN_MONITORING = ("run_monitoring:\n  enabled: true\n  poll_interval_seconds: 30\n"
                    "  max_resume_run_attempts: 0\n")
-_EARLIER_CONFIGS = ("telemetry:\n  enabled: false\n" + _RUN_MONITORING,)  # what earlier versions wrote
-_OURS = "telemetry:\n  enabled: false\n" + _RUN_MONITORING + "event_log_storage:\n  module: dagster_project.event_log\n"
-
-
-def instance_config(home: str) -> str:
-    """dagster.yaml: telemetry off; run monitoring (the daemon, under `kalm ui`: a run whose worker process died is
-    marked failed, not left STARTED); the event log in Dagster's own files, through a storage with less per-query
-    work (dagster_project/event_log.py)."""
-    return (_OURS + "  class: KalmSqliteEventLogStorage\n"
-            f"  config:\n    base_dir: {json.dumps(os.path.join(os.path.abspath(home), 'history', 'runs', ''))}\n")
-
-
-def _written_by_kalm(text: str) -> bool:
-    """Whether `text` is exactly a config `instance_config` wrote, for any home (a line added by hand keeps it)."""
-    head = re.escape(instance_config("/").split("    base_dir: ")[0] + "    base_dir: ")
-    return re.fullmatch(head + r'"[^"\n]*"\n', text) is not None
+# dagster.yaml: telemetry off; run monitoring (the daemon, under `kalm ui`: a run whose worker process died is marked
+# failed, not left STARTED); everything else Dagster's defaults (its SQLite storage under the home)
+INSTANCE_CONFIG = "telemetry:\n  enabled: false\n" + _RUN_MONITORING
+# what earlier versions added, for any home: an event-log storage class of their own over Dagster's own files, since
+# removed (it used Dagster's private modules)
+_EARLIER_STORAGE = re.compile(re.escape("event_log_storage:\n  module: dagster_project.event_log\n"
+                                        "  class: KalmSqliteEventLogStorage\n  config:\n    base_dir: ")
+                              + r'"[^"\n]*"\n')
 
 
 def instance() -> dg.DagsterInstance:
@@ -51,12 +42,13 @@ def instance() -> dg.DagsterInstance:
     home = os.environ.get("DAGSTER_HOME") or str(data_dir() / "dagster_home")
     Path(home).mkdir(parents=True, exist_ok=True)
     config = Path(home) / "dagster.yaml"
-    wanted = instance_config(home)
     current = config.read_text() if config.exists() else None
-    # a config kalm wrote (earlier versions', or this one for a home since moved) is brought up to date; one a user
-    # wrote is left alone
-    if current is None or (current != wanted and (current in _EARLIER_CONFIGS or _written_by_kalm(current))):
-        config.write_text(wanted)
+    # the storage block an earlier kalm wrote is taken out of the config, whatever else a user added (its events are
+    # in Dagster's own files: history is kept); a config a user wrote is otherwise left alone
+    if current is None:
+        config.write_text(INSTANCE_CONFIG)
+    elif _EARLIER_STORAGE.search(current):
+        config.write_text(_EARLIER_STORAGE.sub("", current))
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()
 
@@ -72,17 +64,13 @@ def observe_sources(defs: dg.Definitions, inst: dg.DagsterInstance) -> None:
 
 
 def stale_keys(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dg.AssetKey]:
-    """What a rebuild must redo, in topological order: assets Dagster finds stale (a new source version,
+    """What a rebuild must redo, in topological order: assets stale by Dagster's rule (a new source version,
     an edited SQL model) or never materialised, plus everything downstream of them (the shared tail)."""
     graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=inst, asset_graph=graph)
-    # every asset record in one query, not one per asset as the resolver asks (~0.2 s on 50 assets)
-    view.get_inner_queryer_for_back_compat().prefetch_asset_records(graph.get_all_asset_keys())
-    resolver = CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view)
     ordered = [k for level in graph.toposorted_asset_keys_by_level for k in sorted(level)
                if graph.get(k).is_materializable]
-    roots = [k for k in ordered if resolver.get_status(k) in (StaleStatus.STALE, StaleStatus.MISSING)]
+    status = staleness.statuses(defs, inst, ordered)
+    roots = [k for k in ordered if status[k].state != "fresh"]
     if not roots:
         return []
     todo = dg.AssetSelection.assets(*roots).downstream().resolve(graph)
@@ -96,14 +84,16 @@ def select(defs: dg.Definitions, selection: str | None) -> list[dg.AssetKey] | N
     if not selection.strip():
         raise ValueError("an empty --select selects nothing: leave it out to run the whole DAG, or name assets, "
                          "e.g. 'key:raw/numpy+'")
-    try:
-        parsed = dg.AssetSelection.from_string(selection)
-    except Exception as e:  # Dagster raises its own error types with a long parser trace: one line is enough
-        raise ValueError(f"invalid selection {selection!r}: {str(e).splitlines()[0]}. Examples: "
-                         "'key:raw/numpy+' (and downstream), '+key:marts/training_pairs' (and upstream), "
-                         "'group:marts', 'key:raw/a or key:raw/b'") from None
-    # a multi-asset (synthetic examples + rejects) runs whole, so its siblings join the selection
-    keys = parsed.required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
+    with warnings.catch_warnings():  # Dagster's parser calls its own beta parameter for `group:`: not ours to show
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        try:
+            parsed = dg.AssetSelection.from_string(selection)
+        except Exception as e:  # Dagster raises its own error types with a long parser trace: one line is enough
+            raise ValueError(f"invalid selection {selection!r}: {str(e).splitlines()[0]}. Examples: "
+                             "'key:raw/numpy+' (and downstream), '+key:marts/training_pairs' (and upstream), "
+                             "'group:marts', 'key:raw/a or key:raw/b'") from None
+        # a multi-asset (synthetic examples + rejects) runs whole, so its siblings join the selection
+        keys = parsed.required_multi_asset_neighbors().resolve(defs.resolve_asset_graph())
     if not keys:
         raise ValueError(f"selection {selection!r} matches no asset")
     return sorted(keys)
@@ -125,8 +115,9 @@ def fail_dead_runs(inst: dg.DagsterInstance) -> list[str]:
     tagged with its host and pid; a STARTED one whose process is gone from this host is marked failed, naming it.
     Returns the run ids so marked."""
     marked = []
-    for run in inst.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                   tags={HOST_TAG: socket.gethostname()})):
+    for record in inst.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                             tags={HOST_TAG: socket.gethostname()})):
+        run = record.dagster_run
         pid = int(run.tags.get(PID_TAG, "0"))
         if pid and not _alive(pid):
             inst.report_run_failed(run, f"the kalm run process (pid {pid} on {run.tags[HOST_TAG]}) died while the "

@@ -89,7 +89,7 @@ def test_a_changed_source_requests_exactly_its_chain_and_nothing_of_the_model(en
     assert quiet.skip_reason and "no source changed" in quiet.skip_reason.skip_message  # said, not empty
     _edit_beta(env)
     assert _observe(defs, inst) == 1  # only beta's version moved
-    record = inst.get_latest_data_version_record(K(["sources", "beta"]), is_source=True)
+    record = inst.fetch_observations(K(["sources", "beta"]), limit=1, ascending=False).records[0]
     facts = record.event_log_entry.asset_observation.metadata  # what the source's asset page shows
     assert facts["records"].value == 2 and facts["files"].value == 1 and facts["size_bytes"].value > 0
     assert facts["location"].value.endswith("b.parquet") and facts["last_modified"].value.startswith("20")

@@ -88,72 +88,30 @@ def test_full_run_then_a_changed_source_rebuilds_only_its_chain(env, capsys):
         assert con.execute("select source, pairs, kept from marts.filter_report order by source").fetchall() == truth
 
 
-def test_the_instance_keeps_dagster_files_and_upgrades_only_a_config_kalm_wrote(tmp_path, monkeypatch):
-    from dagster_project.event_log import KalmSqliteEventLogStorage
-
+def test_the_instance_is_dagsters_own_storage_and_upgrades_only_a_config_kalm_wrote(tmp_path, monkeypatch):
+    """dagster.yaml: Dagster's own storage (public configuration only); the event-log class an earlier kalm wrote
+    into it (over the same files) is taken out and its history read; a config a user wrote is left alone."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(runner._EARLIER_CONFIGS[0])  # what an earlier kalm wrote
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     inst = runner.instance()
-    assert isinstance(inst.event_log_storage, KalmSqliteEventLogStorage)
-    assert inst.event_log_storage._base_dir == str(home / "history" / "runs")  # Dagster's own place: history kept
+    assert (home / "dagster.yaml").read_text() == runner.INSTANCE_CONFIG
     inst.report_runless_asset_event(dg.AssetMaterialization("x"))
-    assert inst.get_latest_materialization_event(K("x")) is not None
-    from dagster._core.storage.event_log.migration import ASSET_KEY_INDEX_COLS
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-
-    storage = inst.event_log_storage
-    for _ in range(2):  # the second answer comes from memory and must be Dagster's
-        assert storage.has_secondary_index(ASSET_KEY_INDEX_COLS) is \
-            SqliteEventLogStorage.has_secondary_index(storage, ASSET_KEY_INDEX_COLS) is True
-    moved = runner.instance_config(str(tmp_path / "elsewhere"))  # this home's config, written before it moved
-    (home / "dagster.yaml").write_text(moved)
-    runner.instance()
-    assert (home / "dagster.yaml").read_text() == runner.instance_config(str(home))
-    (home / "dagster.yaml").write_text(moved + "retention:\n  schedule:\n    purge_after_days: 7\n")
-    runner.instance()
-    assert "purge_after_days" in (home / "dagster.yaml").read_text()  # edited by hand: left alone
+    assert (home / "history" / "runs").is_dir()  # Dagster's files, where the earlier class kept them too
+    earlier = runner.INSTANCE_CONFIG + ("event_log_storage:\n  module: dagster_project.event_log\n"
+                                        "  class: KalmSqliteEventLogStorage\n  config:\n"
+                                        f"    base_dir: \"{tmp_path / 'elsewhere' / 'history' / 'runs'}/\"\n")
+    (home / "dagster.yaml").write_text(earlier)  # written by an earlier kalm, for a home since moved
+    assert runner.instance().get_latest_materialization_event(K("x")) is not None  # history kept
+    assert (home / "dagster.yaml").read_text() == runner.INSTANCE_CONFIG
+    edited = "retention:\n  schedule:\n    purge_after_days: 7\n"
+    (home / "dagster.yaml").write_text(earlier + edited)  # and edited by hand: only the old block goes
+    assert runner.instance().get_latest_materialization_event(K("x")) is not None
+    assert (home / "dagster.yaml").read_text() == runner.INSTANCE_CONFIG + edited
     mine = "telemetry:\n  enabled: true\n"
     (home / "dagster.yaml").write_text(mine)
     runner.instance()
     assert (home / "dagster.yaml").read_text() == mine  # a user's own config is theirs
-
-
-def test_a_new_run_database_is_dagsters_own_and_an_older_one_is_left_to_dagster(tmp_path, monkeypatch):
-    """The event log creates and stamps a run's database itself (the migration scripts parsed once): same tables,
-    indexes, alembic revision and WAL journal as Dagster's class; a database at another revision goes to Dagster."""
-    import sqlite3
-
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-
-    from dagster_project import event_log
-    from dagster_project.event_log import KalmSqliteEventLogStorage
-
-    def shape(storage, run_id):
-        with storage.run_connection(run_id):
-            pass
-        con = sqlite3.connect(Path(storage._base_dir) / f"{run_id}.db")
-        try:
-            return (sorted(con.execute("select type, name, sql from sqlite_master").fetchall(), key=str),
-                    con.execute("select version_num from alembic_version").fetchall(),
-                    con.execute("pragma journal_mode").fetchall())
-        finally:
-            con.close()
-
-    ours = shape(KalmSqliteEventLogStorage(str(tmp_path / "ours")), "run1")
-    assert ours == shape(SqliteEventLogStorage(str(tmp_path / "dagster")), "run1")
-    assert ours[1] and ours[2] == [("wal",)]
-    to_base = []
-    monkeypatch.setattr(SqliteEventLogStorage, "_initdb", lambda self, engine, for_index_shard=False:
-                        to_base.append(engine.url.database))
-    con = sqlite3.connect(tmp_path / "ours" / "run1.db")
-    con.execute("update alembic_version set version_num = 'older'")
-    con.commit()
-    con.close()
-    KalmSqliteEventLogStorage(str(tmp_path / "ours"))._initdb(
-        event_log.create_engine(f"sqlite:///{tmp_path / 'ours' / 'run1.db'}"))
-    assert to_base == [str(tmp_path / "ours" / "run1.db")]
 
 
 def test_a_missing_file_fails_its_source_only(env, capsys):
@@ -247,22 +205,15 @@ def test_the_whole_dag_trains_evaluates_and_runs_without_an_llm(env, capsys, mon
 
 
 def status(defs, inst, key):
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
+    from dagster_project.staleness import statuses
 
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=inst, asset_graph=graph)
-    return CachingStaleStatusResolver(instance=inst, asset_graph=graph, loading_context=view).get_status(key)
+    return statuses(defs, inst, [key])[key]
 
 
 def test_a_profile_picked_at_launch_is_validated_used_and_versioned(env, tmp_path):
     """The launchpad's `resources.settings.config.profile`: the run uses it, its tables carry the code version of
     that profile (so the UI shows them stale against the location's), and an unknown one fails before any step."""
     from dataclasses import asdict, replace
-
-    from dagster._core.definitions.data_version import StaleStatus
 
     from dagster_project.automation import ALL_JOB
     from tests.conftest import TINY
@@ -287,10 +238,11 @@ def test_a_profile_picked_at_launch_is_validated_used_and_versioned(env, tmp_pat
     event = latest()
     assert event.tags["kalm/profile"] == "other"  # the run used the launch profile
     assert event.tags["dagster/code_version"] != defined and event.tags["dagster/data_version_is_user_provided"]
-    assert status(defs, inst, alpha) == StaleStatus.STALE  # the UI: built with another profile than the location's
+    # stale, as the UI shows it: built with another profile than the location's
+    assert status(defs, inst, alpha).causes == ("has a new code version",)
     assert launch().success  # the location's own profile again: Dagster's own versions
     assert latest().tags["dagster/code_version"] == defined and latest().tags["kalm/profile"] == "tiny"
-    assert status(defs, inst, alpha) == StaleStatus.FRESH
+    assert status(defs, inst, alpha).state == "fresh"
     before = inst.get_latest_materialization_event(alpha).timestamp
     bad = launch("nope")
     assert not bad.success and inst.get_latest_materialization_event(alpha).timestamp == before

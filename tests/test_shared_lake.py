@@ -43,7 +43,8 @@ def postgres():
     run(f"{bin_dir}/pg_ctl", "-D", str(root / "db"), "-l", str(root / "log"), "-w", "-o",
         f"-p {port} -k {root} -h 127.0.0.1", "start")
     try:
-        run(f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "kalm", "lake")
+        for db in ("lake", "dagster"):  # the lake's catalogue and Dagster's history, side by side
+            run(f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "kalm", db)
         yield f"postgres:dbname=lake host=127.0.0.1 port={port} user=kalm"
     finally:
         run(f"{bin_dir}/pg_ctl", "-D", str(root / "db"), "-m", "immediate", "stop")
@@ -84,6 +85,56 @@ def test_a_chain_on_a_postgres_catalogue_while_another_process_reads(env, postgr
                  "select source, count(*) from staged.beta group by all order by 1", "--csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == ["alpha,2", "beta,2"]
     assert "password" not in warehouse.lake_spec().describe()
+
+
+def readme_dagster_yaml() -> str:
+    """The team's dagster.yaml exactly as the README shows it."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- dagster.yaml for a team: read by tests/test_shared_lake.py -->\n```yaml\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_dagster_history_in_postgres_beside_the_lake_catalogue_with_the_readmes_config(env, postgres, monkeypatch,
+                                                                                          capsys, tmp_path):
+    """The README's dagster.yaml for a team: Dagster's runs and events in PostgreSQL (dagster-postgres), the lake's
+    catalogue in the same server; a run, then `--stale` reading its versions back from PostgreSQL, then a changed
+    source rebuilding its chain alone; kalm leaves the file as written."""
+    import dagster as dg
+    import yaml
+
+    from dagster_project import runner
+
+    port = postgres.split("port=")[1].split()[0]
+    for var, value in {"HOST": "127.0.0.1", "PORT": port, "USER": "kalm", "PASSWORD": "", "DB": "dagster"}.items():
+        monkeypatch.setenv(f"KALM_DAGSTER_PG_{var}", value)
+    monkeypatch.setenv("KALM_LAKE", postgres)
+    monkeypatch.setenv("KALM_LAKE_DATA", str(tmp_path / "shared-data"))
+    with warehouse.connect():  # the shared lake, created once
+        pass
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    config = readme_dagster_yaml()
+    assert yaml.safe_load(config)["storage"]["postgres"]
+    (home / "dagster.yaml").write_text(config)
+    chain = "key:raw/alpha or key:staged/alpha or key:raw/beta or key:staged/beta"
+    assert main(["run", "--select", chain]) == 0
+    inst = runner.instance()
+    assert (home / "dagster.yaml").read_text() == config  # a user's file: left as written
+    assert type(inst.run_storage).__name__ == "PostgresRunStorage"
+    assert type(inst.event_log_storage).__name__ == "PostgresEventLogStorage"
+    assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert [r.status for r in inst.get_runs()] == [dg.DagsterRunStatus.SUCCESS]
+    assert inst.get_latest_materialization_event(dg.AssetKey(["staged", "alpha"])) is not None
+    assert not list(home.glob("history/runs/*.db"))  # nothing went to the local SQLite files
+    capsys.readouterr()
+    assert main(["run", "--stale", "--select", chain]) == 0  # the versions read back from PostgreSQL: nothing to do
+    assert "nothing is stale" in capsys.readouterr().out.lower()
+    with (env["dir"] / "sources" / "a.jsonl").open("a") as f:
+        f.write('{"query": "a new question", "pos": ["a new answer"]}\n')
+    capsys.readouterr()
+    assert main(["run", "--stale", "--select", chain]) == 0
+    assert "2 stale asset(s): raw/alpha, staged/alpha" in capsys.readouterr().out
+    assert len(inst.get_runs()) == 2
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
