@@ -3,6 +3,7 @@ candidate becomes training.embedder only after the blocking evaluation check sho
 
 import json
 import sys
+import warnings
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
@@ -42,7 +43,7 @@ def trainer_failure(run_dir, pipes_error: str) -> str:
 
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        return [sys.executable, "-m", "dagster_project.torchrun", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "dagster_project.pipes_trainer", *args]
     return [sys.executable, "-m", "dagster_project.pipes_trainer", *args]
 
@@ -80,7 +81,9 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     # Dagster Pipes: the trainer's step lines stream into this run's log, cancelling the run sends it SIGINT
     client = dg.PipesSubprocessClient(env=QUIET_SUBPROCESS, forward_termination=True)
     try:
-        records = client.run(command=cmd, context=context).get_custom_messages()
+        with warnings.catch_warnings():  # Dagster's Pipes reads its own preview property on every run: not ours
+            warnings.simplefilter("ignore", dg.PreviewWarning)
+            records = client.run(command=cmd, context=context).get_custom_messages()
     except Exception as e:  # DagsterPipesExecutionError (not exported publicly): the trainer's log says why
         raise dg.Failure(description=trainer_failure(out, str(e)), metadata={"run_dir": str(out)}) from None
     records = [r for r in records if isinstance(r, dict)]

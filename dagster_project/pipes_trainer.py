@@ -16,7 +16,19 @@ import time
 from kalm_core import trainer
 
 
+CANCELLED = 130  # the shell's exit status for a process stopped by SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a cancelled run (Pipes forwards SIGINT): one line, not a traceback per rank
+        print(f"trainer rank {os.environ.get('RANK', '0')}: cancelled; a later run with the same batches and "
+              "settings resumes from its last checkpoint, if one was written", file=sys.stderr)
+        return CANCELLED
+
+
+def _main(argv: list[str] | None) -> int:
     if os.environ.get("RANK", "0") != "0" or not os.environ.get("DAGSTER_PIPES_CONTEXT"):
         return trainer.main(argv)  # the trainer logs on rank 0 only
     from dagster_pipes import open_dagster_pipes

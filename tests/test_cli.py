@@ -315,6 +315,7 @@ def test_ctrl_c_during_training_stops_torchrun_and_its_workers(env, tmp_path):
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err and "trainer rank 0: cancelled" in err and "torchrun: cancelled" in err, err[-3000:]
     deadline = time.monotonic() + 60
     while _processes_mentioning(models) and time.monotonic() < deadline:
         time.sleep(0.5)
