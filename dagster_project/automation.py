@@ -1,7 +1,7 @@
 """Jobs as asset selections, and declarative automation: sources observed on their own, data layers rebuilt when
 their inputs change.
 
-- `observe_sources` (a sensor, running by default under `kalm ui` / `dagster dev`) hashes every source every
+- `observe_sources` (a sensor, running by default under `kalm ui` / `dg dev`) hashes every source every
   `KALM_OBSERVE_INTERVAL_S` seconds (default 30) and records an observation only for a source whose version (file
   content + catalogue entry) changed: no run is launched for an unchanged source.
 - `kalm_automation` (Dagster's automation-condition sensor, running by default) evaluates the conditions every

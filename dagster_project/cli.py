@@ -240,9 +240,14 @@ def cmd_ui(args) -> int:
         filter_model.resolve(get_profile())
     except ValueError as e:  # the UI still opens (lineage, tables, history); the filtered steps will fail with this
         print(f"kalm ui: warning: the filtered steps will fail: {e}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
-           "-p", str(args.port)]
-    return subprocess.call(cmd)
+    return subprocess.call(ui_command(args.port))
+
+
+def ui_command(port: int) -> list[str]:
+    """The webserver and the daemon: `dg dev` (Dagster's successor of `dagster dev`, which warns that it is
+    superseded) on this code location, on 127.0.0.1 only."""
+    return [sys.executable, "-m", "dagster_dg_cli.cli", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
+            "-p", str(port)]
 
 
 def _show(con, statements: list, as_csv: bool) -> None:
@@ -375,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     _common(r)
     r.set_defaults(fn=cmd_run)
 
-    u = sub.add_parser("ui", help="run `dagster dev` on 127.0.0.1")
+    u = sub.add_parser("ui", help="run the Dagster UI and daemon (`dg dev`) on 127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
     _allow_lm(u)
     _offline(u)

@@ -1,6 +1,6 @@
 """The Definitions: assets of every layer built from the catalogue, checks, resources, jobs.
 
-`dagster dev -m dagster_project.definitions` loads `defs`; the catalogue is $KALM_CATALOG (default
+`dg dev -m dagster_project.definitions` (`kalm ui`) loads `defs`; the catalogue is $KALM_CATALOG (default
 catalog/sources.yaml), the lake $KALM_LAKE (default data/lake).
 """
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 
@@ -33,7 +32,7 @@ def _observe(defs, inst) -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to dagster dev's process group (it shuts its daemon and webserver down), SIGKILL after 30 s."""
+    """SIGTERM to `kalm ui`'s (dg dev's) process group (it shuts its daemon and webserver down), SIGKILL after 30 s."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -101,7 +100,7 @@ def test_a_changed_source_requests_exactly_its_chain_and_nothing_of_the_model(en
 
 @pytest.mark.slow
 def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain_alone(env, tmp_path):
-    """`dagster dev` (webserver + the real daemon) on a project nothing was built in: the sensors, running by
+    """`kalm ui`'s command (`dg dev`: webserver + the real daemon) on a project nothing was built in: the sensors, running by
     default, build every data-layer table; a source edited afterwards rebuilds its chain and nothing else. The
     daemon's runs are subprocesses, so the tiny test profile travels as a JSON profile file."""
     from tests.conftest import TINY
@@ -123,9 +122,11 @@ def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain
             time.sleep(2)
         return time.monotonic() - start
 
-    daemon = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
-                               "-h", "127.0.0.1", "-p", str(_free_port())], env=environ, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    from dagster_project.cli import ui_command
+
+    log = (tmp_path / "ui.log").open("w")  # a file: a pipe nobody reads would fill and stall the daemon
+    daemon = subprocess.Popen(ui_command(_free_port()), env=environ, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         whole = wait(lambda: all(stamp(k) for k in data_layers), 300)
         missing = sorted(k for k in data_layers if not stamp(k))
@@ -139,5 +140,8 @@ def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain
         time.sleep(6)  # anything else the edit wrongly requested would be running by now
     finally:
         _stop(daemon)
+        log.close()
     rebuilt = {k for k in before if (stamp(k) or 0) > before[k]}
     assert rebuilt == BETA_CHAIN
+    said = (tmp_path / "ui.log").read_text()
+    assert "Serving dagster-webserver" in said and "SupersessionWarning" not in said  # `dg dev`, no deprecation

@@ -247,7 +247,7 @@ def test_sql_session_from_stdin_sees_each_commit_and_outlives_a_refused_query(tm
 
 
 def test_kalm_ui_gives_its_runs_the_settings_kalm_run_uses(env, monkeypatch):
-    """`kalm ui --offline` starts `dagster dev` (whose runs are other processes) with the environment `kalm run
+    """`kalm ui --offline` starts `dg dev` (whose runs are other processes) with the environment `kalm run
     --offline` sets for itself."""
     import os
     import subprocess
@@ -259,7 +259,7 @@ def test_kalm_ui_gives_its_runs_the_settings_kalm_run_uses(env, monkeypatch):
     seen = {}
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.update(cmd=cmd, env=dict(os.environ)) or 0)
     assert main(["ui", "--offline", "--port", "3999"]) == 0
-    assert seen["cmd"][1:4] == ["-m", "dagster", "dev"] and "3999" in seen["cmd"]
+    assert seen["cmd"][1:4] == ["-m", "dagster_dg_cli.cli", "dev"] and "3999" in seen["cmd"]
     assert {k: seen["env"].get(k) for k in {**cli.OFFLINE_ENV, **cli.QUIET_ENV}} == {**cli.OFFLINE_ENV, **cli.QUIET_ENV}
     assert seen["env"]["DAGSTER_HOME"] == os.environ["DAGSTER_HOME"]  # the history of `kalm run`
 

@@ -51,7 +51,7 @@ def test_kalm_ui_serves_the_asset_graph(env):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass
-        time.sleep(2)  # dagster dev may respawn its code server while shutting down: end the whole group
+        time.sleep(2)  # dg dev may respawn its code server while shutting down: end the whole group
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
