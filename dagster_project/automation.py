@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import warnings
 
 import dagster as dg
@@ -66,6 +68,45 @@ def automated(assets: list, automate_training: bool = False) -> list:
     return dg.map_asset_specs(condition, assets)
 
 
+UI_PORT = "KALM_UI_PORT"  # set by `kalm ui` for its processes: the webserver the reload is asked of
+LOCATION = "dagster_project.definitions"  # the code location `kalm ui` serves (its module's name)
+
+
+def catalogue_edit(catalog) -> str:
+    """What changed in the catalogue file since these definitions loaded it ('' when nothing, or when the file does
+    not load now: a half-saved edit is seen on a later tick)."""
+    from kalm_core.catalog import CatalogError, changes, load_catalog
+
+    try:
+        return "; ".join(changes(catalog, load_catalog(catalog.path)))
+    except CatalogError:
+        return ""
+
+
+_ASKED: dict[str, float] = {}  # edit -> when its reload was first asked, in this code server process
+RELOAD_WAIT_S = 120  # after which a reload that never came is given up: sources are observed with the old entries
+
+
+def request_reload(edit: str) -> bool:
+    """Ask the `kalm ui` webserver to reload this code location, through Dagster's public GraphQL client (what the
+    UI's "Reload definitions" does). In a thread: the reload replaces the very process this sensor runs in, so the
+    tick returns first. False outside `kalm ui` (no webserver known) or when an earlier ask went unanswered."""
+    port = os.environ.get(UI_PORT)
+    if not port or time.monotonic() - _ASKED.setdefault(edit, time.monotonic()) > RELOAD_WAIT_S:
+        return False
+
+    def reload() -> None:
+        from dagster_graphql import DagsterGraphQLClient
+
+        try:
+            DagsterGraphQLClient("127.0.0.1", port_number=int(port)).reload_repository_location(LOCATION)
+        except Exception:  # the process may end mid-call (it is the one replaced); the next tick asks again if not
+            pass
+
+    threading.Thread(target=reload, daemon=True).start()
+    return True
+
+
 def _interval(var: str) -> int:
     return max(1, int(os.environ.get(var, "30")))
 
@@ -81,6 +122,14 @@ def sensors(catalog, fingerprint) -> list:
                description="Hashes every source; records an observation when a source's file or catalogue entry "
                            "changed, which the data layers' automation conditions react to.")
     def observe(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        edit = catalogue_edit(catalog)
+        if edit and request_reload(edit):  # new definitions: the next tick observes with the new catalogue
+            context.log.info(f"the catalogue changed ({edit}): the code location reloads with it")
+            return dg.SensorResult(skip_reason=f"catalogue changed ({edit}): reloading definitions",
+                                   cursor=context.cursor)
+        if edit:
+            context.log.warning(f"the catalogue changed ({edit}) and the definitions did not reload (outside "
+                                "`kalm ui` they reload when asked: Deployment > Reload definitions)")
         seen = json.loads(context.cursor) if context.cursor else {}
         events, skipped, changed = [], [], []
         for src in catalog.sources:

@@ -240,6 +240,9 @@ def cmd_ui(args) -> int:
         filter_model.resolve(get_profile())
     except ValueError as e:  # the UI still opens (lineage, tables, history); the filtered steps will fail with this
         print(f"kalm ui: warning: the filtered steps will fail: {e}", file=sys.stderr)
+    from dagster_project.automation import UI_PORT
+
+    os.environ[UI_PORT] = str(args.port)  # the sensor asks this webserver to reload an edited catalogue
     return subprocess.call(ui_command(args.port))
 
 

@@ -285,3 +285,16 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{where}: {msg}")
         raise CatalogError(f"catalogue file {p}: " + "; ".join(problems)) from None
+
+
+def changes(old: Catalog, new: Catalog) -> list[str]:
+    """What an edit of the catalogue changed, in words (`added x`, `removed y`, `edited z`, `personas`); [] when the
+    two hold the same entries: how a running UI tells that its definitions are out of date."""
+    before = {s.name: s.model_dump() for s in old.sources}
+    after = {s.name: s.model_dump() for s in new.sources}
+    out = [f"added {n}" for n in after if n not in before]
+    out += [f"removed {n}" for n in before if n not in after]
+    out += [f"edited {n}" for n in after if n in before and after[n] != before[n]]
+    if old.personas != new.personas:
+        out.append("personas")
+    return out

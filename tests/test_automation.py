@@ -5,16 +5,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 
 from dagster_project import runner
 from dagster_project.cli import main
 from dagster_project.definitions import build_defs
+from kalm_core.catalog import load_catalog
+from tests.conftest import write_jsonl
 
 K = dg.AssetKey
 BETA_CHAIN = {"raw/beta", "staged/beta", "filtered/beta", "marts/training_pairs", "marts/filter_report",
@@ -75,6 +79,31 @@ def test_a_new_project_is_requested_whole_on_the_first_tick(env):
     assert requested == _data_layer_keys(defs)  # and nothing of training or evaluation
 
 
+def test_a_catalogue_edit_asks_the_ui_to_reload_and_otherwise_is_named_in_the_tick(env, monkeypatch):
+    """The sensor compares the catalogue file with the definitions' entries on every tick: under `kalm ui` it asks
+    the webserver to reload and skips the tick, naming the edit; without a webserver (or once a reload never came)
+    it observes with the entries it has."""
+    from dagster_project import automation
+
+    defs, inst = build_defs(), runner.instance()
+    sensor = defs.resolve_sensor_def("observe_sources")
+    tick = lambda: sensor(dg.build_sensor_context(instance=inst, cursor=None, definitions=defs))  # noqa: E731
+    cat = yaml.safe_load(env["catalog"].read_text())
+    cat["sources"].append({"name": "delta", "uri": "sources/a.jsonl"})
+    env["catalog"].write_text(yaml.safe_dump(cat))
+    monkeypatch.delenv(automation.UI_PORT, raising=False)
+    assert len(tick().asset_events) == 3  # no webserver to ask: the sources it has are observed
+    monkeypatch.setenv(automation.UI_PORT, str(_free_port()))  # nothing listens there: the ask goes unanswered
+    skipped = tick()
+    assert not skipped.asset_events and "catalogue changed (added delta)" in skipped.skip_reason.skip_message
+    monkeypatch.setattr(automation, "RELOAD_WAIT_S", -1)  # the reload never came: observe with what it has
+    assert len(tick().asset_events) == 3
+    loaded = load_catalog(env["catalog"])
+    assert automation.catalogue_edit(loaded) == ""
+    env["catalog"].write_text("sources: [")  # half-saved: not an edit yet
+    assert automation.catalogue_edit(loaded) == ""
+
+
 def test_a_changed_source_requests_exactly_its_chain_and_nothing_of_the_model(env):
     assert main(["run"]) == 0
     defs, inst = build_defs(), runner.instance()
@@ -101,8 +130,10 @@ def test_a_changed_source_requests_exactly_its_chain_and_nothing_of_the_model(en
 @pytest.mark.slow
 def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain_alone(env, tmp_path):
     """`kalm ui`'s command (`dg dev`: webserver + the real daemon) on a project nothing was built in: the sensors, running by
-    default, build every data-layer table; a source edited afterwards rebuilds its chain and nothing else. The
-    daemon's runs are subprocesses, so the tiny test profile travels as a JSON profile file."""
+    default, build every data-layer table; a source edited afterwards rebuilds its chain and nothing else; then a
+    catalogue edit (a new source, another's instruction) is seen with no "Reload definitions" click: the sensor has
+    the UI reload the code location, and the new source's chain and the edited one's rebuild. The daemon's runs are
+    subprocesses, so the tiny test profile travels as a JSON profile file."""
     from tests.conftest import TINY
 
     profile = tmp_path / "tiny.json"
@@ -122,11 +153,9 @@ def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain
             time.sleep(2)
         return time.monotonic() - start
 
-    from dagster_project.cli import ui_command
-
     log = (tmp_path / "ui.log").open("w")  # a file: a pipe nobody reads would fill and stall the daemon
-    daemon = subprocess.Popen(ui_command(_free_port()), env=environ, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    daemon = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "ui", "--port", str(_free_port())],
+                              env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         whole = wait(lambda: all(stamp(k) for k in data_layers), 300)
         missing = sorted(k for k in data_layers if not stamp(k))
@@ -138,10 +167,24 @@ def test_the_real_daemon_builds_a_new_project_whole_then_an_edited_sources_chain
         took = wait(lambda: all((stamp(k) or 0) > before[k] for k in BETA_CHAIN), 240)
         print(f"source edit to rebuilt batched/batches: {took:.0f}s (goal <= 60)")
         time.sleep(6)  # anything else the edit wrongly requested would be running by now
+        rebuilt = {k for k in before if (stamp(k) or 0) > before[k]}
+        # the catalogue edited under the running UI, no click: a new source and another's instruction
+        before = {k: stamp(k) for k in data_layers}
+        write_jsonl(env["dir"] / "sources" / "d.jsonl", [{"query": "what is a lake", "pos": ["tables in files"]},
+                                                         {"query": "what is a mart", "pos": ["a shaped table"]}])
+        cat = yaml.safe_load(env["catalog"].read_text())
+        cat["sources"].append({"name": "delta", "uri": "sources/d.jsonl"})
+        cat["sources"][0]["instruction"] = "Given a question about Python, retrieve the answer"
+        env["catalog"].write_text(yaml.safe_dump(cat))
+        new_chain = {"raw/delta", "staged/delta", "filtered/delta", "filtered/alpha", "batched/batches"}
+        took = wait(lambda: all((stamp(k) or 0) > (before.get(k) or 0) for k in new_chain), 240)
+        print(f"catalogue edit to the new source's chain and alpha's rebuilt: {took:.0f}s")
+        late = sorted(k for k in new_chain if (stamp(k) or 0) <= (before.get(k) or 0))
+        assert not late, f"not built after the catalogue edit: {late}"
     finally:
         _stop(daemon)
         log.close()
-    rebuilt = {k for k in before if (stamp(k) or 0) > before[k]}
     assert rebuilt == BETA_CHAIN
+    assert not any((stamp(k) or 0) > before[k] for k in ("raw/beta", "staged/beta", "filtered/beta"))
     said = (tmp_path / "ui.log").read_text()
     assert "Serving dagster-webserver" in said and "SupersessionWarning" not in said  # `dg dev`, no deprecation

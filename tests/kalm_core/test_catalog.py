@@ -96,3 +96,17 @@ def test_a_task_layout_needs_its_columns_and_its_task_type(tmp_path, entry, mess
     path.write_text(yaml.safe_dump({"sources": [{"name": "s", "uri": "s.parquet", **entry}]}))
     with pytest.raises(CatalogError, match=message):
         load_catalog(path)
+
+
+def test_changes_name_the_added_removed_and_edited_entries(tmp_path):
+    from kalm_core.catalog import changes
+
+    def cat(sources, personas=None):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"sources": sources, **({"personas": personas} if personas else {})}))
+        return load_catalog(path)
+
+    a, b = {"name": "a", "uri": "a.jsonl"}, {"name": "b", "uri": "b.jsonl"}
+    assert changes(cat([a, b]), cat([a, b])) == []
+    assert changes(cat([a, b]), cat([{**a, "instruction": "Find it"}, {"name": "c", "uri": "c.jsonl"}])) == \
+        ["added c", "removed b", "edited a"]

@@ -2,8 +2,6 @@
 `datasets` from a local copy laid out as the hub serves it (mteb/banking77's README configs and data/ shards, a
 BEIR-layout retrieval set), and offline a split missing from the Hugging Face cache fails with the command to fetch it."""
 
-import json
-
 import polars as pl
 import pytest
 

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 
-from kalm_core import warehouse
 from kalm_core.sql_models import SqlModel, discover, parse_header, run_incremental, run_model
 
 
