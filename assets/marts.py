@@ -170,12 +170,15 @@ def no_eval_overlap(con) -> dg.AssetCheckResult:
 
 
 def overlap_count(con, training: str = "marts.training_pairs") -> tuple[int, str | None]:
-    """(training queries and positives in `training` that equal a query or relevant text of marts.eval_pairs after
-    normalisation (kalm_norm), which sources they pair)."""
+    """(training queries and positives in `training` that equal a query or relevant text of marts.eval_pairs or of
+    the profile's evaluation sets (marts.evaluation_sets) after normalisation (kalm_norm), which sources they pair).
+    Computed here from the evaluation tables, not from marts.evaluation_texts: a guard of decontamination."""
     layer, name = training.split(".")
+    sets = (f"union select kalm_norm(text), source from {table('marts', 'evaluation_sets')}"
+            if wh.exists(con, "marts", "evaluation_sets") else "")
     return con.execute(
         f"""with e as (select kalm_norm(query) as text, source from {table('marts', 'eval_pairs')}
-                       union select kalm_norm(positive), source from {table('marts', 'eval_pairs')}),
+                       union select kalm_norm(positive), source from {table('marts', 'eval_pairs')} {sets}),
                  t as (select source, kalm_norm(query) as q, kalm_norm(positive) as p from {table(layer, name)}),
                  hits as (select t.source || ' ~ ' || e.source as pair from t join e on e.text = t.q
                           union all select t.source || ' ~ ' || e.source from t join e on e.text = t.p)

@@ -19,14 +19,15 @@ LAYER_ROOTS: dict[str, tuple[str, ...]] = {
     "raw": ("assets.raw",), "staged": ("assets.staged",), "synthetic": ("assets.synthetic",),
     "filtered": ("assets.filtered",), "marts": ("assets.marts",), "mix": ("assets.batched",),
     "batched": ("assets.batched",), "training": ("assets.training", "dagster_project.pipes_trainer"),
-    "evaluation": ("assets.evaluation",),
+    "evaluation": ("assets.evaluation",), "evaluation_sets": ("assets.evaluation_sets",),
 }
 VERSIONING = ("assets.versions", "kalm_core.versions")  # computes versions, not tables: followed by none
 LAYER_CODE: dict[str, tuple[str, ...]] = {layer: import_closure(roots, stop=VERSIONING)
                                           for layer, roots in LAYER_ROOTS.items()}
 
 
-KEY_LAYERS = {("marts", "data_mix"): "mix"}  # a Python asset among the SQL marts: its own code and settings
+# Python assets among the SQL marts: their own code and settings
+KEY_LAYERS = {("marts", "data_mix"): "mix", ("marts", "evaluation_sets"): "evaluation_sets"}
 
 
 def layer_of(key: dg.AssetKey) -> str:
@@ -43,7 +44,8 @@ def layer_settings(layer: str, profile: Profile) -> tuple:
             "mix": (profile.mix,),
             "batched": (profile.batch, profile.train.nproc, profile.mix.seed),
             "training": (profile.model, profile.train, profile.batch),
-            "evaluation": (profile.model, profile.eval, profile.train)}.get(layer, ())
+            "evaluation": (profile.model, profile.eval, profile.train),
+            "evaluation_sets": (profile.eval.beir_folders, profile.eval.mteb_tasks)}.get(layer, ())
 
 
 def versioned(assets: list, profile: Profile) -> list:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl  # noqa: E402
 
-from kalm_core import sql_models, warehouse  # noqa: E402
+from kalm_core import evaluation_sets, sql_models, warehouse  # noqa: E402
 
 WORDS = ("embedding model query passage retrieval vector index batch negative positive token layer attention "
          "pooling matryoshka dimension contrastive temperature gradient cache warehouse lake table source").split()
@@ -96,6 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, warehouse.connect(Path(tmp) / "lake") as con:
         warehouse.write(con, "filtered", "bench", train)
         warehouse.write(con, "marts", "eval_pairs", ev)
+        warehouse.write(con, "marts", "evaluation_sets", pl.DataFrame(schema=evaluation_sets.SCHEMA))  # none named
         del train, ev
         bare_s, bare_found = bare(con)
         ours_s, ours_found = ours(con)

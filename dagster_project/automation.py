@@ -111,8 +111,9 @@ def _interval(var: str) -> int:
     return max(1, int(os.environ.get(var, "30")))
 
 
-def sensors(catalog, fingerprint) -> list:
-    """The source observer and the automation-condition sensor, both running by default."""
+def sensors(catalog, fingerprint, others: dict | None = None) -> list:
+    """The source observer and the automation-condition sensor, both running by default. `others`: more observable
+    sources (asset key -> its data version), such as the profile's evaluation sets."""
     from assets.raw import source_key
     from assets.versions import latest_data_versions
     from kalm_core.extract import file_facts
@@ -132,27 +133,29 @@ def sensors(catalog, fingerprint) -> list:
                                 "`kalm ui` they reload when asked: Deployment > Reload definitions)")
         seen = json.loads(context.cursor) if context.cursor else {}
         events, skipped, changed = [], [], []
-        for src in catalog.sources:
-            key = source_key(src)
+        observed = [(src.name, source_key(src), lambda src=src: fingerprint(src, catalog),
+                     lambda src=src: file_facts(src, catalog.base_dir)) for src in catalog.sources]
+        observed += [(key.to_user_string(), key, version, dict) for key, version in (others or {}).items()]
+        for name, key, version_of, facts in observed:
             try:
-                version = fingerprint(src, catalog)
+                version = version_of()
             except Exception as e:  # a file being rewritten or gone: try again next tick
-                skipped.append(f"{src.name}: {type(e).__name__}: {e}")
+                skipped.append(f"{name}: {type(e).__name__}: {e}")
                 continue
-            if src.name not in seen:  # first tick: what the instance last recorded
-                seen[src.name] = latest_data_versions(context.instance, [], [key])[key]
-            if version != seen[src.name]:
+            if name not in seen:  # first tick: what the instance last recorded
+                seen[name] = latest_data_versions(context.instance, [], [key])[key]
+            if version != seen[name]:
                 events.append(dg.AssetObservation(asset_key=key, tags={"dagster/data_version": version},
-                                                  metadata=file_facts(src, catalog.base_dir)))
-                changed.append(src.name if seen[src.name] is None else f"{src.name} (changed)")
-                seen[src.name] = version
+                                                  metadata=facts()))
+                changed.append(name if seen[name] is None else f"{name} (changed)")
+                seen[name] = version
         for line in skipped:
             context.log.warning(f"source not observed this tick: {line}")
         if changed:  # the tick's log names them; the automation sensor then requests their chains
             context.log.info(f"observed new versions of {len(changed)} source(s): {', '.join(changed)}")
         cursor = json.dumps(seen, sort_keys=True)
         if not events:
-            return dg.SensorResult(skip_reason=f"no source changed ({len(catalog.sources)} observed)", cursor=cursor)
+            return dg.SensorResult(skip_reason=f"no source changed ({len(observed)} observed)", cursor=cursor)
         return dg.SensorResult(asset_events=events, cursor=cursor)
 
     automation = dg.AutomationConditionSensorDefinition(

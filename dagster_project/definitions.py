@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from assets import batched, evaluation, filtered, marts, raw, staged, synthetic, training
+from assets import batched, evaluation, evaluation_sets, filtered, marts, raw, staged, synthetic, training
 from dagster_project import automation
 from dagster_project.progress import progress_logger, quiet_logger
 from assets.resources import SettingsResource, WarehouseResource
@@ -35,8 +35,10 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     training_assets, _ = training.build()
     eval_assets, eval_checks = evaluation.build()
     settings = get_profile(profile)
+    eval_set_assets = evaluation_sets.build(settings)
     assets = automation.automated(versioned([*raw_assets, *staged_assets, *synthetic_assets, *filtered_assets,
-                                             *sql_assets, *batched_assets, *training_assets, *eval_assets], settings),
+                                             *eval_set_assets, *sql_assets, *batched_assets, *training_assets,
+                                             *eval_assets], settings),
                                   settings.automate_training)
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
@@ -44,7 +46,8 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
         asset_checks=[*raw_checks, *staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
                       *eval_checks],
         jobs=automation.jobs(layers),
-        sensors=automation.sensors(catalog, raw.fingerprint),
+        sensors=automation.sensors(catalog, raw.fingerprint,
+                                   {evaluation_sets.SOURCE: lambda: evaluation_sets.fingerprint(settings)}),
         resources={
             "warehouse": WarehouseResource(lake=_lake_location(lake)),
             # a launchpad run may give only `profile`: the catalogue path stays the location's unless given here

@@ -71,7 +71,8 @@ def test_a_new_project_is_requested_whole_on_the_first_tick(env):
     """Nothing built yet: one evaluation requests every data-layer asset, the synthetic layer included (an asset
     without a condition would leave its children waiting on a parent that is missing and never requested)."""
     defs, inst = build_defs(), runner.instance()
-    assert _observe(defs, inst) == 3  # the sensor's first tick: every source's version (alpha, beta, held-out)
+    # the sensor's first tick: every source's version (alpha, beta, held-out) and the profile's evaluation sets
+    assert _observe(defs, inst) == 4
     first = dg.evaluate_automation_conditions(defs, inst)
     keys = defs.resolve_asset_graph().get_all_asset_keys()
     requested = {k.to_user_string() for k in keys if first.get_num_requested(k)}
@@ -92,12 +93,12 @@ def test_a_catalogue_edit_asks_the_ui_to_reload_and_otherwise_is_named_in_the_ti
     cat["sources"].append({"name": "delta", "uri": "sources/a.jsonl"})
     env["catalog"].write_text(yaml.safe_dump(cat))
     monkeypatch.delenv(automation.UI_PORT, raising=False)
-    assert len(tick().asset_events) == 3  # no webserver to ask: the sources it has are observed
+    assert len(tick().asset_events) == 4  # no webserver to ask: the sources it has are observed
     monkeypatch.setenv(automation.UI_PORT, str(_free_port()))  # nothing listens there: the ask goes unanswered
     skipped = tick()
     assert not skipped.asset_events and "catalogue changed (added delta)" in skipped.skip_reason.skip_message
     monkeypatch.setattr(automation, "RELOAD_WAIT_S", -1)  # the reload never came: observe with what it has
-    assert len(tick().asset_events) == 3
+    assert len(tick().asset_events) == 4
     loaded = load_catalog(env["catalog"])
     assert automation.catalogue_edit(loaded) == ""
     env["catalog"].write_text("sources: [")  # half-saved: not an edit yet

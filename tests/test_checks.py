@@ -186,6 +186,39 @@ def test_a_training_pair_that_is_an_evaluation_pair_is_left_out_of_training_with
     assert run_checks(overlap)[0] == {"no_eval_overlap": True}
 
 
+def test_a_training_pair_from_an_evaluation_set_the_profile_names_is_left_out(env, monkeypatch, tmp_path):
+    """Decontamination against the profile's evaluation sets, not only the held-out split: a BEIR folder the profile
+    evaluates on (eval.beir_folders) holds alpha's first query and another's passage; both pairs are left out, named
+    with the folder, the set absent from the cache (SciFact) is named in the metadata, and the guard check fails once
+    a text of the set is put back into training."""
+    import huggingface_hub.constants as c
+
+    from tests.conftest import PAIRS_A, PAIRS_B, TINY
+    from tests.kalm_core.test_beir_source import write_folder
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # SciFact is not present
+    folder = write_folder(tmp_path / "mytask", [{"_id": "d1", "title": "", "text": PAIRS_B[0]["answer"] + "."}],
+                          [{"_id": "q1", "text": PAIRS_A[0]["query"].title()}], [("q1", "d1", 1)], split="test")
+    monkeypatch.setitem(PROFILES, "tiny", replace(TINY, eval=replace(TINY.eval, beir_folders=(str(folder),))))
+    assert main(["run", "--select", "+key:marts/training_pairs or +key:marts/contamination"]) == 0
+    with warehouse.connect(read_only=True) as con:
+        got = con.execute("select source, reason from marts.contamination order by source").fetchall()
+        trained = {q for (q,) in con.execute("select query from marts.training_pairs").fetchall()}
+    assert got == [("alpha", "contaminated: query is a query of mytask"),
+                   ("beta", "contaminated: positive is a relevant text of mytask")]
+    assert PAIRS_A[0]["query"] not in trained and PAIRS_B[0]["question"] not in trained
+    inst = runner.instance()
+    meta = inst.get_latest_materialization_event(K(["marts", "evaluation_sets"])).asset_materialization.metadata
+    assert meta["texts_per_set"].value == {"mytask": 2}
+    assert "kalm fetch --task SciFact" in meta["not_present"].value["SciFact"]
+    overlap = dg.AssetCheckKey(K(["marts", "training_pairs"]), "no_eval_overlap")
+    assert run_checks(overlap)[0] == {"no_eval_overlap": True}
+    with warehouse.connect() as con:
+        con.execute("insert into marts.training_pairs by name select source, row_number, positive_index, pair_id, query, "
+                    "positive from marts.contamination limit 1")
+    assert run_checks(overlap)[0] == {"no_eval_overlap": False}
+
+
 def test_flipping_held_out_moves_the_source_between_the_splits(env, capsys):
     import yaml
 

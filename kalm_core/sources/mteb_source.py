@@ -34,6 +34,7 @@ class TaskData:
     task_type: str
     instruction: str | None
     language: str
+    eval_splits: tuple[str, ...] = ("test",)  # the splits mteb scores (decontamination reads them)
 
     def fetch_hint(self) -> str:
         return (f"kalm fetch --task {self.task} (or: huggingface-cli download {self.path} --repo-type dataset "
@@ -56,7 +57,7 @@ def task_data(name: str) -> TaskData:
     language = {"eng": "en", "cmn": "zh", "zho": "zh"}.get(next(iter(codes)), next(iter(codes))) \
         if len(codes) == 1 else "multi"
     return TaskData(name, m.dataset["path"], m.dataset["revision"], TASK_TYPES.get(m.type, m.type.lower()),
-                    kalm_instruction(task, "{instruction}{query}") or None, language)
+                    kalm_instruction(task, "{instruction}{query}") or None, language, tuple(m.eval_splits))
 
 
 def local_copy(src: Source, data: TaskData, base_dir: Path, download: bool = False) -> Path:

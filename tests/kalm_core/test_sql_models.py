@@ -143,12 +143,16 @@ def _filtered(con, name: str, pairs: list[tuple[str, str]]) -> None:
         from (values {rows}) v(source, row_number, positive_index, pair_id, query, positive)""")
 
 
-def _curation(con, built, eval_pairs: list[tuple[str, str]]) -> dict:
-    """marts.eval_pairs planted, then the models that decontaminate against it built."""
+def _curation(con, built, eval_pairs: list[tuple[str, str]], eval_sets: list[tuple[str, str, str]] = ()) -> dict:
+    """marts.eval_pairs and marts.evaluation_sets (source, kind, text) planted, then the models that decontaminate
+    against them built."""
     rows = ", ".join(f"('heldout', '{q}', '{p}')" for q, p in eval_pairs) or "(null, null, null)"
     con.execute(f"create or replace table marts.eval_pairs as select source::varchar as source, query::varchar as "
                 f"query, positive::varchar as positive from (values {rows}) v(source, query, positive) "
                 "where source is not null")
+    rows = ", ".join(f"('{s}', '{k}', '{t}')" for s, k, t in eval_sets) or "(null, null, null)"
+    con.execute(f"create or replace table marts.evaluation_sets as select source::varchar as source, kind::varchar "
+                f"as kind, text::varchar as text from (values {rows}) v(source, kind, text) where source is not null")
     models = {m.name: m for m in discover() if m.layer == "marts"}
     for name in ("evaluation_texts", "evaluation_ngrams", "contamination"):
         run_model(con, models[name], built)
