@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
+SCHEMA = {"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}
 
 
 def model_id(path: str) -> str:
@@ -54,35 +55,34 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.damaged: list[Path] = []
 
+    chunk_texts = 16_384  # texts per part: a killed encode keeps every chunk written before it, and resumes after
+
     def encode(self, texts: list[str], kind: str, encode_fn: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
-        """Embeddings of `texts` (kind: 'query' or 'passage'); returns (matrix, number newly encoded)."""
+        """Embeddings of `texts` (kind: 'query' or 'passage'); returns (matrix, number newly encoded). The texts not
+        cached are encoded and written a chunk at a time (`chunk_texts` per part), so a run killed mid-encode
+        resumes from its last written chunk; the matrix is gathered by a join, with no Python list per vector."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32), 0
-        hashes = [text_hash(kind, t) for t in texts]
-        wanted = pl.DataFrame({"text_hash": hashes}).unique()
+        order = pl.DataFrame({"text_hash": [text_hash(kind, t) for t in texts]})
         parts = self.parts()
-        found = (pl.scan_parquet(parts).join(wanted.lazy(), on="text_hash", how="semi").unique("text_hash").collect()
-                 if parts else pl.DataFrame(schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}))
-        have = dict(zip(found["text_hash"].to_list(), range(found.height)))
-        vectors = found["vector"].to_list()
-        first: dict[str, int] = {}
-        for i, h in enumerate(hashes):
-            if h not in have:
-                first.setdefault(h, i)
-        missing = list(first.values())
-        if missing:
-            new = encode_fn([texts[i] for i in missing]).astype(np.float32)
-            new_hashes = [hashes[i] for i in missing]
+        found = (pl.scan_parquet(parts).join(order.lazy().unique(), on="text_hash", how="semi")
+                 .unique("text_hash").collect() if parts else pl.DataFrame(schema=SCHEMA))
+        # each text not cached, once: its first position in `texts`
+        missing = (order.with_row_index("i").join(found.select("text_hash"), on="text_hash", how="anti")
+                   .unique("text_hash", keep="first", maintain_order=True)["i"].to_list())
+        frames = [found]
+        for start in range(0, len(missing), self.chunk_texts):
+            chunk = missing[start:start + self.chunk_texts]
+            new = encode_fn([texts[i] for i in chunk]).astype(np.float32)
+            part = pl.DataFrame({"text_hash": order["text_hash"].gather(chunk), "vector": list(new)}, schema=SCHEMA)
             name = f"part-{uuid.uuid4().hex}.parquet"
             tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-            pl.DataFrame({"text_hash": new_hashes, "vector": list(new)},
-                         schema={"text_hash": pl.Utf8, "vector": pl.List(pl.Float32)}).write_parquet(tmp)
+            part.write_parquet(tmp)
             tmp.replace(self.dir / name)
-            for h, v in zip(new_hashes, new):
-                have[h] = len(vectors)
-                vectors.append(v)
-        matrix = np.asarray([vectors[have[h]] for h in hashes], dtype=np.float32)
-        return matrix, len(missing)
+            frames.append(part)
+        vectors = order.join(pl.concat(frames), on="text_hash", how="left", maintain_order="left")["vector"]
+        dim = len(vectors[0])
+        return vectors.list.to_array(dim).to_numpy().astype(np.float32, copy=False), len(missing)
 
     def parts(self) -> list[Path]:
         """The readable parts; a damaged one is renamed `*.damaged` (kept for inspection) and named in a warning."""
