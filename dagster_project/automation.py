@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -70,6 +71,12 @@ def automated(assets: list, automate_training: bool = False) -> list:
 
 UI_PORT = "KALM_UI_PORT"  # set by `kalm ui` for its processes: the webserver the reload is asked of
 LOCATION = "dagster_project.definitions"  # the code location `kalm ui` serves (its module's name)
+
+
+def ui_command(port: int) -> list[str]:
+    """What `kalm ui` runs, the webserver and the daemon: `dg dev` (Dagster's successor of `dagster dev`, which
+    warns that it is superseded) on this code location, on 127.0.0.1 only."""
+    return [sys.executable, "-m", "dagster_dg_cli.cli", "dev", "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)]
 
 
 def catalogue_edit(catalog) -> str:

@@ -230,27 +230,18 @@ def _refuse_empty_sources(catalog) -> None:
 
 def cmd_ui(args) -> int:
     from dagster_project import runner
+    from dagster_project.automation import UI_PORT, ui_command
+    from kalm_core.config import get_profile
 
     inst = runner.instance()  # sets DAGSTER_HOME beside the lake, so the UI shows `kalm run`'s history
     for run_id in runner.fail_dead_runs(inst):  # the UI's own runs are watched by the daemon's run monitoring
         print(f"kalm ui: run {run_id} was left STARTED by a kalm run process that died; marked failed", file=sys.stderr)
-    from kalm_core.config import get_profile
-
     try:
         filter_model.resolve(get_profile())
     except ValueError as e:  # the UI still opens (lineage, tables, history); the filtered steps will fail with this
         print(f"kalm ui: warning: the filtered steps will fail: {e}", file=sys.stderr)
-    from dagster_project.automation import UI_PORT
-
-    os.environ[UI_PORT] = str(args.port)  # the sensor asks this webserver to reload an edited catalogue
-    return subprocess.call(ui_command(args.port))
-
-
-def ui_command(port: int) -> list[str]:
-    """The webserver and the daemon: `dg dev` (Dagster's successor of `dagster dev`, which warns that it is
-    superseded) on this code location, on 127.0.0.1 only."""
-    return [sys.executable, "-m", "dagster_dg_cli.cli", "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1",
-            "-p", str(port)]
+    # the sensor asks this webserver to reload an edited catalogue
+    return subprocess.call(ui_command(args.port), env={**os.environ, UI_PORT: str(args.port)})
 
 
 def _show(con, statements: list, as_csv: bool) -> None:

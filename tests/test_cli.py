@@ -257,9 +257,10 @@ def test_kalm_ui_gives_its_runs_the_settings_kalm_run_uses(env, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.update(cmd=cmd, env=dict(os.environ)) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: seen.update(cmd=cmd, env=env) or 0)
     assert main(["ui", "--offline", "--port", "3999"]) == 0
     assert seen["cmd"][1:4] == ["-m", "dagster_dg_cli.cli", "dev"] and "3999" in seen["cmd"]
+    assert seen["env"]["KALM_UI_PORT"] == "3999" and "KALM_UI_PORT" not in os.environ  # its processes only
     assert {k: seen["env"].get(k) for k in {**cli.OFFLINE_ENV, **cli.QUIET_ENV}} == {**cli.OFFLINE_ENV, **cli.QUIET_ENV}
     assert seen["env"]["DAGSTER_HOME"] == os.environ["DAGSTER_HOME"]  # the history of `kalm run`
 
