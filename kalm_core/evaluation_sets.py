@@ -95,12 +95,12 @@ def fingerprint(beir_folders: tuple[str, ...], mteb_tasks: tuple[str, ...]) -> s
             st = path.stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     if mteb_tasks:
-        from huggingface_hub import constants, scan_cache_dir
+        from huggingface_hub import constants
 
-        try:  # the cache folder read now ($HF_HUB_CACHE), not the one scan_cache_dir bound at import
-            cached = sorted(f"{r.repo_id}@{rev.commit_hash}" for r in scan_cache_dir(constants.HF_HUB_CACHE).repos
-                            if r.repo_type == "dataset" for rev in r.revisions)
-        except Exception:  # no cache folder yet
-            cached = []
+        # the cached datasets' revisions: two directory listings, where scan_cache_dir would stat every cached file
+        # on every observation (each `kalm run`, each sensor tick)
+        cache = Path(constants.HF_HUB_CACHE)
+        cached = sorted(f"{d.name}@{rev.name}" for d in cache.glob("datasets--*") if (d / "snapshots").is_dir()
+                        for rev in (d / "snapshots").iterdir())
         h.update(repr((mteb_tasks, cached)).encode())
     return h.hexdigest()[:16]
