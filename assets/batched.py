@@ -5,13 +5,12 @@ import dagster as dg
 from assets.common import table_metadata
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
-from kalm_core import mixing, plots
+from kalm_core import epoch_batches, mixing, plots
 from kalm_core import warehouse as wh
-from kalm_core.batching import allowed_purity_gap, left_over, purity_ok, repeated_texts, semi_homogeneous
+from kalm_core.batching import allowed_purity_gap, purity_ok
 from kalm_core.catalog import Catalog
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
-from kalm_core.snapshot import write_snapshot
 from kalm_core.versions import code_version
 
 TRAINING_PAIRS = dg.AssetKey(["marts", "training_pairs"])
@@ -77,21 +76,22 @@ def build_data_mix(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.AssetCheck
 def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
     profile = get_profile(settings.profile)
     cfg = profile.batch
-    with warehouse.connect(read_only=True) as con:  # one epoch's pairs, as the data mix samples them
-        pairs = mixing.sample(con, table("marts", "training_pairs"), table("marts", "data_mix"), profile.mix.seed)
-    out, purity, stats = semi_homogeneous(pairs, cfg, world_size=profile.train.nproc)
-    snapshot, digest = write_snapshot(out, data_dir() / "snapshots")
-    with warehouse.connect() as con:
-        with wh.transaction(con):  # the batches and their purity change together
-            rows = wh.write(con, "batched", "batches", out)
+    epoch = mixing.epoch_sql(table("marts", "training_pairs"), table("marts", "data_mix"))
+    params = {"seed": str(profile.mix.seed)}
+    with warehouse.connect(read_only=True) as con:  # one epoch's pairs as the data mix samples them: their keys only
+        placed, purity, stats = epoch_batches.place(con, epoch, params, cfg, world_size=profile.train.nproc)
+    with warehouse.connect() as con, wh.wide_sort(con):
+        with wh.transaction(con):  # the batches, their purity and what is left over change together
+            epoch_batches.write(con, epoch, params, placed, stats, profile.global_batch)
             purity_rows = wh.write(con, "batched", "batch_purity", purity)
-            rest_rows = wh.write(con, "batched", "left_over", left_over(pairs, out, profile.global_batch))
+        rows, rest_rows = wh.count(con, "batched", "batches"), wh.count(con, "batched", "left_over")
+        snapshot, digest = epoch_batches.export_snapshot(con, data_dir() / "snapshots")
         yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
             con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,
             group_by=cfg.group_by, seed=cfg.seed, rows_in=stats.rows_in, rows_batched=stats.rows_batched,
             rows_left_over=stats.rows_left_over, pooled_batches=stats.pooled_batches,
-            repeated_texts_masked_in_loss=repeated_texts(out),
+            repeated_texts_masked_in_loss=epoch_batches.repeated_texts(con),
             snapshot_path=dg.MetadataValue.path(str(snapshot)), snapshot_sha256=digest), **run_profile_versions(context, settings.profile, BATCHES))
         yield dg.MaterializeResult(asset_key=PURITY, metadata=table_metadata(
             con, "batched", "batch_purity", rows=purity_rows, mean_purity=stats.mean_purity,

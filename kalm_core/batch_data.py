@@ -41,7 +41,8 @@ def load_batches(path: str | Path, group_size: int, world_size: int = 1,
     if not path.exists():
         raise BatchFileError(f"batch file {path} does not exist")
     if sha256 is not None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if digest != sha256:
             raise BatchFileError(f"batch file {path} has sha256 {digest[:16]}…, not the {sha256[:16]}… recorded when "
                                  "it was written: it changed or was damaged since. Rebuild batched/batches.")

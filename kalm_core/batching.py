@@ -53,11 +53,45 @@ class BatchStats:
         return purity_ok(self.mean_purity, self.expected_purity, self.purity_sd, tolerance)
 
 
-def _texts(row: dict) -> set[str]:
-    return {row["query"], row["positive"], *row["negatives"]}
+class _Keys:
+    """What batching reads of each row, and nothing more: its group (as a code), upsampling copy, pair and the 64-bit
+    hashes of its texts (query, positive, negatives), in numpy arrays: a million rows cost tens of MB, where the rows
+    as Python dicts cost gigabytes. Texts are compared by hash (a collision among 10M texts: ~3e-6)."""
+
+    def __init__(self, keys: pl.DataFrame):
+        self.values = keys["group"].unique().sort().to_list()  # a group's code is its place in sorted order
+        self.group = (keys["group"].rank("dense").to_numpy() - 1).astype(np.int64)
+        self.copy = keys["copy"].to_numpy()
+        self.pair = keys["pair_id"].rank("dense").to_numpy()
+        self.offsets = np.zeros(keys.height + 1, dtype=np.int64)
+        np.cumsum(keys["texts"].list.len().to_numpy(), out=self.offsets[1:])
+        self.flat = keys["texts"].explode().to_numpy()
+
+    def texts(self, row: int) -> set[int]:
+        return set(self.flat[self.offsets[row]:self.offsets[row + 1]].tolist())
+
+    def majority(self, batch: list[int]) -> int:
+        """The most frequent group code of a batch (the first met, on a tie)."""
+        return Counter(self.group[batch].tolist()).most_common(1)[0][0]
 
 
-def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
+def batch_keys(pairs: pl.DataFrame, group_by: str) -> pl.DataFrame:
+    """The narrow frame `assign` reads, row for row of `pairs` (the SQL twin for a lake table: batch_keys_sql)."""
+    return pairs.select(
+        pl.col(group_by).alias("group"),
+        (pl.col("copy") if "copy" in pairs.columns else pl.lit(0)).alias("copy"),
+        (pl.col("pair_id") if "pair_id" in pairs.columns else pl.int_range(pl.len())).alias("pair_id"),
+        pl.concat_list(pl.col("query").hash(), pl.col("positive").hash(),
+                       pl.col("negatives").list.eval(pl.element().hash())).alias("texts"))
+
+
+def batch_keys_sql(group_by: str) -> str:
+    """The select list of batch_keys in DuckDB, over a relation of pairs with a `copy` column."""
+    return (f'"{group_by}" as "group", copy, pair_id, '
+            "list_concat([hash(query), hash(positive)], list_transform(negatives, x -> hash(x))) as texts")
+
+
+def _cut_group(rows: list[int], size: int, keys: "_Keys") -> tuple[list[list[int]], list[int]]:
     """Fill batches in order, deferring a row whose texts clash with the batch being filled; rows that clash with
     every batch (few distinct texts, e.g. label-name positives) then fill batches of their own, repeated texts and
     all (masked in the loss), but never two copies of one pair (an upsampled source's repeats, kalm_core/mixing.py).
@@ -66,7 +100,7 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
     queue = deque(rows)  # popleft is O(1): a task can hold hundreds of thousands of rows
     while queue:
         row = queue.popleft()
-        texts = _texts(row)
+        texts = keys.texts(row)
         if texts & seen:
             deferred.append(row)
         else:
@@ -77,17 +111,17 @@ def _cut_group(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict
             current, seen = [], set()
             queue.extendleft(reversed(deferred))  # deferred rows go first into the next batch
             deferred = []
-    tail, left_over = _fill_by_pair(current + deferred, size)
+    tail, left_over = _fill_by_pair(current + deferred, size, keys.pair)
     return batches + tail, left_over
 
 
-def _fill_by_pair(rows: list[dict], size: int) -> tuple[list[list[dict]], list[dict]]:
+def _fill_by_pair(rows: list[int], size: int, pair: np.ndarray) -> tuple[list[list[int]], list[int]]:
     """Full batches of `rows` in order, a copy of a pair already in the batch deferred to the next one."""
     batches, current, ids, deferred = [], [], set(), []
     queue = deque(rows)
     while queue:
         row = queue.popleft()
-        key = row.get("pair_id", id(row))
+        key = int(pair[row])
         if key in ids:
             deferred.append(row)
             continue
@@ -104,39 +138,48 @@ def _fill_by_pair(rows: list[dict], size: int) -> tuple[list[list[dict]], list[d
 def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
                      world_size: int = 1) -> tuple[pl.DataFrame, pl.DataFrame, BatchStats]:
     """pairs (query, positive, negatives, <group_by>, ...) -> (batches with batch_id and position, per-batch
-    purity, stats). A global batch is `cfg.per_device_batch x world_size`, the world size training is launched with
+    purity, stats): `assign` over the pairs' keys, the rows gathered in batch order."""
+    if cfg.group_by not in pairs.columns:
+        raise BatchingError(f"group_by column {cfg.group_by!r} is not in the pairs ({pairs.columns})")
+    placed, purity, stats = assign(batch_keys(pairs, cfg.group_by), cfg, world_size)
+    out = pairs[placed["row"]].select(placed["batch_id"], placed["position"], *pairs.columns)
+    return out, purity, stats
+
+
+def assign(keys: pl.DataFrame, cfg: BatchConfig,
+           world_size: int = 1) -> tuple[pl.DataFrame, pl.DataFrame, BatchStats]:
+    """keys (group, copy, pair_id, texts: batch_keys) -> (row, batch_id, position) in batch order, per-batch purity,
+    stats. A global batch is `cfg.per_device_batch x world_size`, the world size training is launched with
     (train.nproc), so every device's micro-batch comes from the same global batch."""
     if not 0.0 <= cfg.ratio <= 1.0:
         raise BatchingError(f"ratio must be in [0, 1], got {cfg.ratio}")
-    if cfg.group_by not in pairs.columns:
-        raise BatchingError(f"group_by column {cfg.group_by!r} is not in the pairs ({pairs.columns})")
     size = cfg.per_device_batch * world_size
     rng = np.random.default_rng(cfg.seed)
-    groups = sorted(pairs[cfg.group_by].unique().to_list())
-    batches: list[list[dict]] = []
-    left_over: list[dict] = []
-    for g in groups:  # 1. shuffle each group and cut it into global batches
-        rows = pairs.filter(pl.col(cfg.group_by) == g).to_dicts()
-        rows = [rows[i] for i in rng.permutation(len(rows))]
-        rows.sort(key=lambda r: r.get("copy", 0))  # an upsampled source: each pass over it before the next
-        cut, rest = _cut_group(rows, size)
+    k = _Keys(keys)
+    batches: list[list[int]] = []
+    left_over: list[int] = []
+    for g in range(len(k.values)):  # 1. shuffle each group and cut it into global batches
+        rows = np.flatnonzero(k.group == g)
+        rows = rows[rng.permutation(len(rows))]
+        rows = rows[np.argsort(k.copy[rows], kind="stable")]  # an upsampled source: each pass before the next
+        cut, rest = _cut_group(rows.tolist(), size, k)
         batches += cut
         left_over += rest
     # 2. the groups' remainders (a small source, a group's last rows) pooled into mixed batches, not dropped;
     # the smallest groups' rows go first, so what stays short of a batch comes from the groups that trained most
-    sizes = dict(pairs[cfg.group_by].value_counts().iter_rows())
-    pool = [left_over[i] for i in rng.permutation(len(left_over))]
-    pool.sort(key=lambda r: sizes[r[cfg.group_by]])
-    pooled_batches, left_over = _cut_group(pool, size)
+    sizes = np.bincount(k.group, minlength=len(k.values))
+    pool = np.asarray(left_over, dtype=np.int64)[rng.permutation(len(left_over))]
+    pool = pool[np.argsort(sizes[k.group[pool]], kind="stable")]
+    pooled_batches, left_over = _cut_group(pool.tolist(), size, k)
     if not batches and not pooled_batches:
-        raise BatchingError(f"{pairs.height} pairs do not fill one global batch of {size}")
+        raise BatchingError(f"{keys.height} pairs do not fill one global batch of {size}")
     batches = [batches[i] for i in rng.permutation(len(batches))]
     m = int(size * (1 - cfg.ratio)) if batches else 0
-    majority = [Counter(r[cfg.group_by] for r in b).most_common(1)[0][0] for b in batches]
+    majority = [k.majority(b) for b in batches]
     share: dict = {}
     if m > 0:  # 3. take m rows from every in-group batch, pool, shuffle, put back
         pooled = [row for b in batches for row in b[size - m:]]
-        share = {g: n / len(pooled) for g, n in Counter(r[cfg.group_by] for r in pooled).items()}
+        share = {g: n / len(pooled) for g, n in Counter(k.group[pooled].tolist()).items()}
         pooled = [pooled[i] for i in rng.permutation(len(pooled))]
         for i, b in enumerate(batches):
             b[size - m:] = pooled[i * m:(i + 1) * m]
@@ -146,43 +189,30 @@ def semi_homogeneous(pairs: pl.DataFrame, cfg: BatchConfig,
         at = int(rng.integers(len(batches) + 1))
         batches.insert(at, b)
         kinds.insert(at, "pooled")
-        majority.insert(at, Counter(r[cfg.group_by] for r in b).most_common(1)[0][0])
+        majority.insert(at, k.majority(b))
     for b in batches:  # a batch's rows in a random order, so devices' micro-batches mix the same way
         b[:] = [b[i] for i in rng.permutation(len(b))]
 
-    records, purity_rows = [], []
+    purity_rows = []
     for bid, b in enumerate(batches):
-        counts = Counter(r[cfg.group_by] for r in b)
+        counts = Counter(k.group[b].tolist())
         purity = counts[majority[bid]] / len(b)
         expected = ((size - m) + m * share.get(majority[bid], 0.0)) / size if kinds[bid] == "in_group" else purity
-        purity_rows.append({"batch_id": bid, "kind": kinds[bid], "majority_group": majority[bid], "purity": purity,
-                            "expected_purity": expected, "size": len(b), "groups": len(counts)})
-        records += [{**r, "batch_id": bid, "position": p} for p, r in enumerate(b)]
-    out = pl.DataFrame(records).select("batch_id", "position", *[c for c in pairs.columns])
+        purity_rows.append({"batch_id": bid, "kind": kinds[bid], "majority_group": k.values[majority[bid]],
+                            "purity": purity, "expected_purity": expected, "size": len(b), "groups": len(counts)})
+    lengths = [len(b) for b in batches]
+    placed = pl.DataFrame({
+        "row": np.fromiter((r for b in batches for r in b), dtype=np.int64, count=sum(lengths)),
+        "batch_id": np.repeat(np.arange(len(batches), dtype=np.int64), lengths),
+        "position": np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]),
+    })
     purity = pl.DataFrame(purity_rows)
     # each batch's m mixed rows are a draw from the pool: the share of its majority group has variance p(1-p)/m
     var = sum((m / size) ** 2 * share.get(g, 0.0) * (1 - share.get(g, 0.0)) / m
               for g, kind in zip(majority, kinds) if kind == "in_group") if m else 0.0
     stats = BatchStats(
-        batches=len(batches), rows_in=pairs.height, rows_batched=out.height, rows_left_over=len(left_over),
+        batches=len(batches), rows_in=keys.height, rows_batched=placed.height, rows_left_over=len(left_over),
         pooled_batches=len(pooled_batches), mixed_per_batch=m, mean_purity=float(purity["purity"].mean()),
         expected_purity=float(purity["expected_purity"].mean()), purity_sd=var ** 0.5 / len(batches),
     )
-    return out, purity, stats
-
-
-def left_over(pairs: pl.DataFrame, batches: pl.DataFrame, global_batch: int) -> pl.DataFrame:
-    """The pairs (one row per upsampled copy) that are in no batch, each with the reason: every kept pair is in a
-    batch or in this table (issue: no source vanishes at batching)."""
-    keys = ["pair_id", "copy"] if "copy" in pairs.columns else ["pair_id"]
-    rest = pairs.join(batches.select(keys), on=keys, how="anti")
-    return rest.with_columns(reason=pl.lit(
-        f"short of a global batch: {rest.height} rows were left once every group's remainder had been pooled into "
-        f"mixed batches of {global_batch}"))
-
-
-def repeated_texts(batches: pl.DataFrame) -> int:
-    """Texts that appear more than once inside their batch, summed over batches (masked in the loss)."""
-    texts = batches.select("batch_id", pl.concat_list(pl.col("query"), pl.col("positive"), pl.col("negatives"))
-                           .alias("text")).explode("text")
-    return int(texts.group_by("batch_id", "text").len().filter(pl.col("len") > 1).height)
+    return placed, purity, stats

@@ -62,18 +62,24 @@ def mix_table(con, pairs_table: str, weights: dict[str, float], cfg: MixConfig) 
                "weight": pl.Float64, "sampled": pl.Int64, "share": pl.Float64, "repeats": pl.Int64})
 
 
+def epoch_sql(pairs_table: str, mix: str = table("marts", "data_mix")) -> str:
+    """The pairs of one epoch (parameter $seed): each source's `sampled` rows of `pairs_table` per the `mix` table,
+    with a `copy` column (0 for a pair's first use). Copy c of a source's pairs comes in full before copy c + 1.
+    The draw ranks pair ids alone and joins the wide rows once, so a million pairs never sort their texts."""
+    return f"""
+        with draws as (
+            select pair_id, source,
+                   row_number() over (partition by source order by md5(pair_id || ':' || $seed)) - 1 as draw,
+                   count(*) over (partition by source) as available
+            from {pairs_table} where source in (select source from {mix} where sampled > 0)),
+        picked as (
+            select d.pair_id, c.copy
+            from draws d join {mix} m using (source),
+                 lateral (select unnest(range(cast(ceil(m.sampled / d.available) as bigint))) as copy) c
+            where c.copy * d.available + d.draw < m.sampled)
+        select p.*, picked.copy from {pairs_table} p join picked using (pair_id)"""
+
+
 def sample(con, pairs_table: str, mix: str = table("marts", "data_mix"), seed: int = 0) -> pl.DataFrame:
-    """The pairs of one epoch: each source's `sampled` rows of `pairs_table` per the `mix` table, with a `copy`
-    column (0 for a pair's first use). Copy c of a source's pairs comes in full before copy c + 1."""
-    return con.sql(f"""
-        with ranked as (
-            select p.*, m.sampled,
-                   row_number() over (partition by p.source order by md5(p.pair_id || ':' || $seed)) - 1 as draw,
-                   count(*) over (partition by p.source) as available
-            from {pairs_table} p join {mix} m using (source)
-            where m.sampled > 0
-        )
-        select ranked.* exclude (sampled, draw, available), c.copy
-        from ranked, lateral (select unnest(range(cast(ceil(sampled / available) as bigint))) as copy) c
-        where c.copy * available + draw < sampled
-        order by pair_id, copy""", params={"seed": str(seed)}).pl()
+    """epoch_sql's rows as a frame, ordered by pair_id and copy."""
+    return con.execute(f"{epoch_sql(pairs_table, mix)} order by pair_id, copy", {"seed": str(seed)}).pl()

@@ -18,7 +18,14 @@ def write_snapshot(batches: pl.DataFrame, directory: str | Path) -> tuple[Path, 
     tmp = directory / f".batches-{os.getpid()}.parquet"
     batches.select(*SNAPSHOT_COLUMNS, *[c for c in ("pair_id", "source") if c in batches.columns]) \
         .sort("batch_id", "position").write_parquet(tmp, statistics=False)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    return publish(tmp, directory)
+
+
+def publish(tmp: Path, directory: Path) -> tuple[Path, str]:
+    """Rename a written snapshot to `directory/batches-<sha256[:16]>.parquet`; returns (path, full sha256). The
+    hash is read in blocks: a snapshot of millions of pairs is never read into memory whole."""
+    with open(tmp, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     path = directory / f"batches-{digest[:16]}.parquet"
     tmp.replace(path)
     return path, digest

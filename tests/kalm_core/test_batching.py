@@ -1,12 +1,14 @@
 """Semi-homogeneous batches: purity follows the ratio, texts repeat in a batch only where the data forces it (and
 the loss masks them), no source is left out for repeating texts, deterministic for a seed."""
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalm_core.batching import BatchingError, left_over, repeated_texts, semi_homogeneous
+from kalm_core import epoch_batches
+from kalm_core.batching import BatchingError, semi_homogeneous
 from kalm_core.config import BatchConfig
 from kalm_core.snapshot import SNAPSHOT_COLUMNS, write_snapshot
 
@@ -21,6 +23,24 @@ def pairs(sizes: dict[str, int], shared_negative: bool = False) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def repeated_texts(out: pl.DataFrame) -> int:
+    """The batched asset's count (SQL) over a frame of batches."""
+    con = duckdb.connect()
+    con.register("batches", out.to_arrow())
+    return epoch_batches.repeated_texts(con, "batches")
+
+
+def in_duckdb(data: pl.DataFrame, cfg: BatchConfig) -> tuple[duckdb.DuckDBPyConnection, object]:
+    """The batched asset's path: keys read from an epoch relation, batches and left-over rows written by DuckDB."""
+    con = duckdb.connect()
+    con.execute("create schema batched")
+    con.register("epoch_frame", data.with_columns(copy=pl.lit(0, pl.Int64)).to_arrow())
+    epoch = "select * from epoch_frame"
+    placed, _, stats = epoch_batches.place(con, epoch, {}, cfg)
+    epoch_batches.write(con, epoch, {}, placed, stats, cfg.per_device_batch)
+    return con, stats
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)  # the same examples on every run
 @given(ratio=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), per_device=st.integers(4, 16),
        world=st.integers(1, 2), sizes=st.lists(st.integers(40, 200), min_size=2, max_size=4))
@@ -32,7 +52,7 @@ def test_realised_purity_follows_the_ratio(ratio, per_device, world, sizes):
     assert stats.mixed_per_batch == int(g * (1 - ratio))
     assert (purity["size"] == g).all() and out.height == stats.batches * g
     assert stats.rows_batched + stats.rows_left_over == data.height
-    assert stats.rows_left_over < g and left_over(data, out, g).height == stats.rows_left_over
+    assert stats.rows_left_over < g and data.join(out, on="pair_id", how="anti").height == stats.rows_left_over
     assert (purity["kind"] == "pooled").sum() == stats.pooled_batches
     if ratio == 1.0:
         assert (purity.filter(pl.col("kind") == "in_group")["purity"] == 1.0).all()
@@ -83,9 +103,12 @@ def test_a_source_smaller_than_a_batch_trains_in_pooled_batches_and_what_is_left
     per_source = dict(out.group_by("source").len().iter_rows())
     assert per_source["small"] == 100 and stats.pooled_batches >= 1  # the smallest groups' rows pool first
     assert stats.rows_left_over < 256 and stats.rows_batched + stats.rows_left_over == data.height
-    rest = left_over(data, out, 256)
+    con, lake_stats = in_duckdb(data, cfg)  # the asset's path (rows in pair_id order) batches alike, says what is left
+    same, _, same_stats = semi_homogeneous(data.sort("pair_id"), cfg)
+    assert lake_stats == same_stats and con.sql("select * exclude (copy) from batched.batches").pl().equals(same)
+    rest = con.sql("select * from batched.left_over").pl()
     assert rest.height == stats.rows_left_over and rest["reason"].str.contains("short of a global batch").all()
-    assert pl.concat([out.select("pair_id"), rest.select("pair_id")]).sort("pair_id").equals(
+    assert pl.concat([same.select("pair_id"), rest.select("pair_id")]).sort("pair_id").equals(
         data.select("pair_id").sort("pair_id"))  # every pair is in a batch or in the left-over table
     assert stats.purity_ok(cfg.purity_tolerance)
     pooled = purity.filter(pl.col("kind") == "pooled")
