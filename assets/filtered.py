@@ -1,5 +1,8 @@
 """Layer filtered: one filtered/<source> per training source (ranking consistency + hard negatives)."""
 
+import itertools
+import tempfile
+
 import dagster as dg
 import polars as pl
 
@@ -10,15 +13,15 @@ from kalm_core import filter_model
 from kalm_core import warehouse as wh
 from kalm_core.catalog import Catalog, Source
 from kalm_core.config import data_dir, get_profile
-from kalm_core.filtering import CachedEncoder, filter_source
+from kalm_core.filtering import CachedEncoder, filter_results, filter_source
 from kalm_core.identifiers import table
 
 
-def _pool(con, name: str | None) -> list[str] | None:
+def _pool(con, name: str | None) -> pl.Series | None:
     if not name:
         return None
     layer, tbl = name.split(".")
-    return [t for (t,) in con.execute(f"select distinct text from {table(layer, tbl)}").fetchall()]
+    return con.sql(f"select distinct text from {table(layer, tbl)} order by text").pl()["text"]
 
 
 def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
@@ -31,23 +34,37 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
         cfg = profile.filter
         fm = filter_model.resolve(profile)  # an embedder, or an LM the user allowed (`--allow-lm-filter`)
         encoder = CachedEncoder.load(fm.path, fm.config, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
-        with warehouse.connect(read_only=True) as con:
-            pairs = con.sql(f"select * from {table('staged', src.name)} order by row_number, positive_index").pl()
-            pool = _pool(con, cfg.candidate_pool)
-        out, stats = filter_source(pairs, encoder, cfg, pool, profile.model.query_template, cfg.instructed_queries,
-                                   n_negatives=profile.n_negatives)
-        with warehouse.connect() as con:
-            rows = wh.write(con, "filtered", src.name, out)
-            meta = table_metadata(
-                con, "filtered", src.name, rows=rows, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
-                kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
-                corpus_size=stats.corpus_size, top_k=stats.window.top_k,
-                window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
-                rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
-                texts_encoded=encoder.encoded, texts_truncated=encoder.truncated, filter_model=fm.name,
-                filter_model_path=fm.path, filter_pooling=fm.config.pooling, filter_is_embedder=fm.is_embedder,
-            )
-        if stats.window.shrunk:
+        staged = table("staged", src.name)
+        data_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=data_dir(), prefix=".filtered-") as parts:
+            names = itertools.count()
+
+            def sink(part: pl.DataFrame) -> None:  # each chunk's rows (staged columns and results) to disk
+                part.write_parquet(f"{parts}/{next(names):06d}.parquet")
+
+            with warehouse.connect(read_only=True) as con:  # DuckDB hands the filter its rows a chunk at a time
+                carry = tuple(c for c in wh.columns(con, "staged", src.name) if c != "negatives")
+                stats = filter_results(con, staged, encoder, cfg, sink, _pool(con, cfg.candidate_pool),
+                                       profile.model.query_template, cfg.instructed_queries,
+                                       n_negatives=profile.n_negatives, carry=carry)
+            with warehouse.connect() as con:  # the parts hold whole rows: the table is a copy of them
+                con.execute(f"""create or replace table {table('filtered', src.name)} as
+                                select * from read_parquet('{parts}/*.parquet')""")
+                rows = wh.count(con, "filtered", src.name)
+                meta = table_metadata(
+                    con, "filtered", src.name, rows=rows, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
+                    kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
+                    corpus_size=stats.corpus_size, top_k=stats.window.top_k,
+                    window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
+                    rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
+                    texts_encoded=encoder.encoded, texts_truncated=encoder.truncated, filter_model=fm.name,
+                    filter_model_path=fm.path, filter_pooling=fm.config.pooling, filter_is_embedder=fm.is_embedder,
+                    filter_enabled=cfg.enabled,
+                )
+        if not cfg.enabled:
+            context.log.warning(f"filtered/{src.name}: filter.enabled is false: {stats.pairs} pairs kept unranked, "
+                                "negatives given or filled at random")
+        elif stats.window.shrunk:
             context.log.warning(f"filtered/{src.name}: corpus of {stats.corpus_size} texts is smaller than the "
                                 f"window; k and the window shrank to {stats.window}")
         context.log.info(f"filtered/{src.name}: kept {stats.kept}/{stats.pairs}, median positive rank "

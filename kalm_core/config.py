@@ -63,6 +63,9 @@ class FilterConfig:
     # the embedding model that filters and mines: a sentence-transformers directory, a hub id, or "embedder:latest"
     # (the promoted training.embedder of an earlier run); None: the base model, which must then be an embedder
     model: str | None = None
+    # false: no model, no ranking: every pair kept with its given negatives, short rows filled at random (flagged);
+    # for sources filtered and mined upstream, or a dry run of the data layers at a size a CPU cannot encode
+    enabled: bool = True
     top_k: int = 50  # drop a pair whose positive ranks >= top_k
     window: tuple[int, int] = (50, 100)  # sample negatives from these ranks
     # how many negatives are mined is not set here: train.group_size - 1 (Profile.n_negatives), what training uses

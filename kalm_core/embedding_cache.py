@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -37,6 +38,13 @@ def text_hash(kind: str, text: str) -> str:
     return hashlib.md5(f"{kind}\x1f{text}".encode()).hexdigest()
 
 
+def text_hashes(kind: str, texts: pl.Series) -> pl.DataFrame:
+    """text_hash of every text, in order, as a frame with one column `text_hash` (DuckDB's md5, multi-threaded)."""
+    con = duckdb.connect()
+    con.register("texts", pl.DataFrame({"text": texts}).to_arrow())
+    return con.execute("select md5($kind || chr(31) || text) as text_hash from texts", {"kind": kind}).pl()
+
+
 def encoder_id(model: str, config=None) -> str:
     """The cache key's model part: the weights (model_id) and every setting that changes a vector (pooling,
     normalisation, maximum lengths, the query template, the projection)."""
@@ -57,23 +65,26 @@ class EmbeddingCache:
 
     chunk_texts = 16_384  # texts per part: a killed encode keeps every chunk written before it, and resumes after
 
-    def encode(self, texts: list[str], kind: str, encode_fn: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+    def encode(self, texts: pl.Series | list[str], kind: str,
+               encode_fn: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Embeddings of `texts` (kind: 'query' or 'passage'); returns (matrix, number newly encoded). The texts not
         cached are encoded and written a chunk at a time (`chunk_texts` per part), so a run killed mid-encode
-        resumes from its last written chunk; the matrix is gathered by a join, with no Python list per vector."""
-        if not texts:
+        resumes from its last written chunk; hashes are computed in DuckDB and the matrix gathered by a join, so
+        Python holds one chunk's texts at a time, never a list of all of them."""
+        texts = pl.Series("text", texts, dtype=pl.Utf8)
+        if texts.is_empty():
             return np.zeros((0, 0), dtype=np.float32), 0
-        order = pl.DataFrame({"text_hash": [text_hash(kind, t) for t in texts]})
+        order = text_hashes(kind, texts)
         parts = self.parts()
         found = (pl.scan_parquet(parts).join(order.lazy().unique(), on="text_hash", how="semi")
                  .unique("text_hash").collect() if parts else pl.DataFrame(schema=SCHEMA))
         # each text not cached, once: its first position in `texts`
         missing = (order.with_row_index("i").join(found.select("text_hash"), on="text_hash", how="anti")
-                   .unique("text_hash", keep="first", maintain_order=True)["i"].to_list())
+                   .unique("text_hash", keep="first", maintain_order=True)["i"].to_numpy())
         frames = [found]
         for start in range(0, len(missing), self.chunk_texts):
             chunk = missing[start:start + self.chunk_texts]
-            new = encode_fn([texts[i] for i in chunk]).astype(np.float32)
+            new = encode_fn(texts.gather(chunk).to_list()).astype(np.float32)
             part = pl.DataFrame({"text_hash": order["text_hash"].gather(chunk), "vector": list(new)}, schema=SCHEMA)
             name = f"part-{uuid.uuid4().hex}.parquet"
             tmp = self.dir / f".{name}.{os.getpid()}.tmp"

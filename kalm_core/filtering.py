@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -20,7 +21,7 @@ from kalm_core.embedding_cache import EmbeddingCache
 from kalm_core.mining import mine_negatives
 from kalm_core.model import Embedder
 from kalm_core.prompts import instructed_query
-from kalm_core.ranking_consistency import Corpus, Window, keep_decision, rank_positives
+from kalm_core.ranking_consistency import Ranked, Window, keep_decision, rank_positives
 
 
 @dataclass
@@ -65,6 +66,9 @@ class CachedEncoder:
         return out
 
 
+PAIR_CHUNK = 50_000  # pairs ranked and mined at once: bounds the candidates' arrays and Python objects
+
+
 @dataclass
 class FilterStats:
     pairs: int
@@ -81,62 +85,136 @@ class FilterStats:
 
 
 def filter_source(pairs: pl.DataFrame, encoder: CachedEncoder, cfg: FilterConfig,
-                  pool: list[str] | None = None, template: str = ModelConfig.query_template,
+                  pool: pl.Series | list[str] | None = None, template: str = ModelConfig.query_template,
                   instructed: bool = False, *, n_negatives: int) -> tuple[pl.DataFrame, FilterStats]:
     """pairs: staged rows (pair_id, query, positive, negatives, task_type, instruction, ...) -> the same rows with
-    pos_rank, pos_score, kept, reason, the final negatives and mining counts. With `instructed`, each query is
-    ranked as the trainer will see it: with its instruction in the template, by the one instruction policy
+    pos_rank, pos_score, kept, reason, the final negatives and mining counts, as one frame (filter_results over
+    the frame, which the filtered asset runs over the lake and streams to disk)."""
+    con = duckdb.connect()
+    con.register("pairs", pairs.with_row_index("row").to_arrow())
+    parts: list[pl.DataFrame] = []
+    stats = filter_results(con, "pairs", encoder, cfg, parts.append, pool, template, instructed,
+                           n_negatives=n_negatives, carry=("row",))
+    results = pl.concat(parts).sort("row").drop("row")
+    return pairs.drop("negatives").hstack(results), stats
+
+
+def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
+                   sink: Callable[[pl.DataFrame], None], pool: pl.Series | list[str] | None = None,
+                   template: str = ModelConfig.query_template, instructed: bool = False, *,
+                   n_negatives: int, carry: tuple[str, ...] = ()) -> FilterStats:
+    """Rank every pair's positive against the source's corpus, keep or drop it, mine its negatives. `pairs`: a
+    relation of `con` (pair_id, query, positive, negatives, task_type, instruction and the `carry` columns);
+    `sink` gets the results PAIR_CHUNK rows at a time, in no set order: the `carry` columns (keys, or whole rows),
+    negatives, pos_rank, pos_score, kept, reason and the mining counts. With `instructed`, each query is ranked as
+    the trainer will see it: with its instruction in the template, by the one instruction policy
     (kalm_core.prompts); that wants a filter model trained with instructions. `n_negatives`: what a training group
-    holds (Profile.n_negatives = train.group_size - 1), never set apart from it."""
-    queries, positives = pairs["query"].to_list(), pairs["positive"].to_list()
-    column = lambda name: pairs[name].to_list() if name in pairs.columns else [None] * pairs.height  # noqa: E731
-    asked = queries if not instructed else [instructed_query(q, t, i, template) for q, t, i in
-                                            zip(queries, column("task_type"), column("instruction"))]
-    given = [list(n) for n in pairs["negatives"].to_list()]
-    corpus = Corpus.build(positives, given, pool)
+    holds (Profile.n_negatives = train.group_size - 1), never set apart from it.
+
+    Streams (#23 item 6): DuckDB hands the rows over a chunk at a time, three times: for the corpus (each text
+    once, sorted, so a text's id is the same whatever order rows come in), for each query's positives, then to rank
+    and mine. Python holds the corpus texts, their embedding matrix and one chunk. Ranks are exact and mining is
+    seeded per pair, so neither the chunks nor the order change a row."""
+    scan = lambda columns: con.execute(f"select {columns} from {pairs}").fetch_record_batch(PAIR_CHUNK)  # noqa: E731
+    texts = [pl.Series(pool if pool is not None else [], dtype=pl.Utf8)]
+    for batch in scan("positive, negatives"):  # 1. the corpus: each text once, sorted, so ids do not depend on order
+        chunk = pl.from_arrow(batch)
+        texts.append(pl.concat([chunk["positive"], chunk["negatives"].cast(pl.List(pl.Utf8)).explode()])
+                     .drop_nulls().unique())
+    corpus = pl.concat(texts, rechunk=False)
+    del texts  # one copy of the texts at a time
+    corpus = corpus.unique()
+    corpus = corpus.sort().alias("text")
     window = Window.for_corpus(len(corpus), cfg)
+    c_emb = encoder.passages(corpus) if cfg.enabled else None  # (C, D)
+    # 2. each query's positives, which never count as its competitors
+    positives_of = pl.concat([pl.from_arrow(b).select("query", pos_id=_index(pl.from_arrow(b)["positive"], corpus))
+                              for b in scan("query, positive")] or [pl.DataFrame(schema={"query": pl.Utf8,
+                                                                                       "pos_id": pl.Int64})])
+    positives_of = positives_of.group_by("query").agg(query_positives=pl.col("pos_id").unique())
+    optional = [c if c in _columns(con, pairs) else f"null::varchar as {c}" for c in ("task_type", "instruction")]
+    rows = scan(", ".join(dict.fromkeys([*carry, "pair_id", "query", "positive", "negatives", *optional])))
+    ranks, height, kept_n, filled, margin_dropped = [], 0, 0, 0, 0
+    for batch in _batches(rows):  # 3. a chunk at a time: rank, keep or drop, mine
+        chunk = pl.from_arrow(batch).join(positives_of, on="query", how="left", maintain_order="left")
+        n = chunk.height
+        height += n
+        pos_ids, self_ids = _index(chunk["positive"], corpus), _index(chunk["query"], corpus)
+        if (pos_ids < 0).any():  # staging guarantees a positive; a relation without one cannot be ranked
+            raise ValueError(f"{int((pos_ids < 0).sum())} pairs of {pairs} have no positive text")
+        excluded = [set(p) | ({q} if q >= 0 else set()) for p, q in
+                    zip(chunk["query_positives"].to_list(), self_ids.tolist())]
+        if cfg.enabled:
+            asked = chunk["query"] if not instructed else chunk.select(pl.struct("query", "task_type", "instruction")
+                .map_elements(lambda r: instructed_query(r["query"], r["task_type"], r["instruction"], template),
+                              return_dtype=pl.Utf8)).to_series()
+            unique_q = asked.unique(maintain_order=True)
+            q_emb = encoder.queries(unique_q)[_index(asked, unique_q)]
+            ranked = rank_positives(q_emb, c_emb, pos_ids, excluded, depth=window.hi,
+                                    chunk=cfg.query_chunk)
+            kept, reasons = keep_decision(ranked.ranks, window.top_k)
+            ranks.append(ranked.ranks)
+        else:  # filter.enabled false: every pair kept, unranked; its given negatives, then random fill
+            ranked = Ranked.unranked(n)
+            kept, reasons = np.ones(n, dtype=bool), [None] * n
+        given = chunk["negatives"].cast(pl.List(pl.Utf8)).to_arrow()
+        given = given.combine_chunks() if isinstance(given, pa.ChunkedArray) else given
+        given_ids, offsets = _index(pl.Series(given.flatten(), dtype=pl.Utf8), corpus), given.offsets.to_numpy()
+        mined = [mine_negatives(pid, given_ids[offsets[i]:offsets[i + 1]].tolist(),
+                                ranked.window(i, window.lo, window.hi), ps, len(corpus), ex, n_negatives,
+                                cfg.margin, cfg.seed)
+                 for i, (pid, ps, ex) in enumerate(zip(chunk["pair_id"].to_list(), ranked.pos_scores.tolist(),
+                                                       excluded))]
+        sink(pl.DataFrame([
+            *chunk.select(carry),
+            _list_column("negatives", corpus, [m.negatives for m in mined]),
+            pl.Series("pos_rank", ranked.ranks, dtype=pl.Int64) if cfg.enabled
+            else pl.repeat(None, n, dtype=pl.Int64, eager=True).alias("pos_rank"),
+            pl.Series("pos_score", ranked.pos_scores, dtype=pl.Float32) if cfg.enabled
+            else pl.repeat(None, n, dtype=pl.Float32, eager=True).alias("pos_score"),
+            pl.Series("kept", kept, dtype=pl.Boolean),
+            pl.Series("reason", reasons, dtype=pl.Utf8),
+            pl.Series("n_given_negatives", [m.n_given for m in mined], dtype=pl.Int32),
+            pl.Series("n_mined_negatives", [m.n_mined for m in mined], dtype=pl.Int32),
+            pl.Series("n_filled_negatives", [m.n_filled for m in mined], dtype=pl.Int32),
+            pl.Series("n_window_candidates", [m.n_window for m in mined], dtype=pl.Int32),
+            pl.Series("n_margin_dropped", [m.n_margin_dropped for m in mined], dtype=pl.Int32),
+            pl.Series("is_filled", [m.n_filled > 0 for m in mined], dtype=pl.Boolean),
+        ]))
+        kept_n += int(kept.sum())
+        filled += sum(m.n_filled > 0 for m in mined)
+        margin_dropped += sum(m.n_margin_dropped for m in mined)
+    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
+    return FilterStats(pairs=height, kept=kept_n, corpus_size=len(corpus), window=window,
+                       median_pos_rank=float(np.median(all_ranks)) if len(all_ranks) else None,
+                       filled_rows=filled, margin_dropped=margin_dropped)
 
-    unique_q = list(dict.fromkeys(asked))
-    q_row = {q: i for i, q in enumerate(unique_q)}
-    q_emb = encoder.queries(unique_q)[[q_row[q] for q in asked]]  # (P, D)
-    c_emb = encoder.passages(corpus.texts)  # (C, D)
 
-    pos_ids = np.array([corpus.ids[p] for p in positives], dtype=np.int64)
-    positives_of: dict[str, set[int]] = {}
-    for q, pid in zip(queries, pos_ids):
-        positives_of.setdefault(q, set()).add(int(pid))
-    excluded = [positives_of[q] | ({corpus.ids[q]} if q in corpus.ids else set()) for q in queries]
-
-    ranked = rank_positives(q_emb, c_emb, pos_ids, excluded, depth=window.hi, chunk=cfg.query_chunk)
-    kept, reasons = keep_decision(ranked.ranks, window.top_k)
-    mined = [mine_negatives(pid, g, ranked.window(i, window.lo, window.hi), ps, corpus.texts, ex, n_negatives,
-                            cfg.margin, cfg.seed)
-             for i, (pid, g, ps, ex) in enumerate(zip(pairs["pair_id"].to_list(), given,
-                                                      ranked.pos_scores.tolist(), excluded))]
-    out = pairs.drop("negatives").with_columns(
-        _list_column("negatives", [m.negatives for m in mined]),
-        pl.Series("pos_rank", ranked.ranks, dtype=pl.Int64),
-        pl.Series("pos_score", ranked.pos_scores, dtype=pl.Float32),
-        pl.Series("kept", kept, dtype=pl.Boolean),
-        pl.Series("reason", reasons, dtype=pl.Utf8),
-        pl.Series("n_given_negatives", [m.n_given for m in mined], dtype=pl.Int32),
-        pl.Series("n_mined_negatives", [m.n_mined for m in mined], dtype=pl.Int32),
-        pl.Series("n_filled_negatives", [m.n_filled for m in mined], dtype=pl.Int32),
-        pl.Series("n_window_candidates", [m.n_window for m in mined], dtype=pl.Int32),
-        pl.Series("n_margin_dropped", [m.n_margin_dropped for m in mined], dtype=pl.Int32),
-        pl.Series("is_filled", [m.n_filled > 0 for m in mined], dtype=pl.Boolean),
-    )
-    stats = FilterStats(
-        pairs=pairs.height, kept=int(kept.sum()), corpus_size=len(corpus), window=window,
-        median_pos_rank=float(np.median(ranked.ranks)) if len(ranked.ranks) else None,
-        filled_rows=sum(m.n_filled > 0 for m in mined), margin_dropped=sum(m.n_margin_dropped for m in mined),
-    )
-    return out, stats
+def _columns(con, relation: str) -> list[str]:
+    return [d[0] for d in con.execute(f"select * from {relation} limit 0").description]
 
 
-def _list_column(name: str, rows: list[list[str]]) -> pl.Series:
-    """A list-of-strings column built through one Arrow array (about 2x faster than from Python lists)."""
+def _batches(reader):
+    """The record batches of `reader`; one empty batch when there are none, so the sink always gets a part."""
+    empty = True
+    for batch in reader:
+        empty = False
+        yield batch
+    if empty:
+        yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+
+
+def _index(texts: pl.Series, unique: pl.Series) -> np.ndarray:
+    """For each text, its row in `unique` (which holds every text once), -1 where it is not there: a hash join."""
+    rows = unique.alias("text").to_frame().with_row_index("row")
+    return (texts.alias("text").to_frame().join(rows, on="text", how="left", maintain_order="left")["row"]
+            .fill_null(-1).cast(pl.Int64).to_numpy())
+
+
+def _list_column(name: str, corpus: pl.Series, rows: list[list[int]]) -> pl.Series:
+    """A list-of-strings column of corpus ids' texts, gathered in one Arrow take (no Python string per text)."""
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
-    values = pa.array([x for r in rows for x in r], type=pa.large_string())
+    flat = np.fromiter((x for r in rows for x in r), dtype=np.int64, count=int(offsets[-1]))
+    values = corpus.gather(flat).cast(pl.Utf8).to_arrow().cast(pa.large_string())
     return pl.Series(name, pa.LargeListArray.from_arrays(pa.array(offsets), values)).cast(pl.List(pl.Utf8))

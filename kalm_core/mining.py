@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Mined:
-    negatives: list[str]
+    negatives: list[int]  # corpus ids: given, then mined, then filled
     n_given: int
     n_mined: int
     n_filled: int
@@ -38,34 +38,34 @@ def _sample(rng: random.Random, n: int, k: int) -> list[int]:
     return idx[:max(0, k)]
 
 
-def mine_negatives(key: str, given: list[str], window: list[tuple[int, float]], pos_score: float,
-                   texts: list[str], excluded: set[int], n: int, margin: float | None = None,
+def mine_negatives(key: str, given: list[int], window: list[tuple[int, float]], pos_score: float,
+                   corpus_size: int, excluded: set[int], n: int, margin: float | None = None,
                    seed: int = 0) -> Mined:
-    """Negatives for one pair. `window`: the (corpus id, score) candidates ranked in the mining window [lo, hi),
-    in rank order, excluded ids removed."""
+    """Negatives for one pair, as corpus ids (the corpus holds each text once, so an id is a text). `given`: the
+    pair's own negatives' ids; `window`: the (corpus id, score) candidates ranked in the mining window [lo, hi), in
+    rank order, excluded ids removed; `excluded`: the query's positives and its own text."""
     rng = _rng(seed, key)
-    excluded_texts = {texts[i] for i in excluded}
-    chosen = list(dict.fromkeys(g for g in given if g not in excluded_texts))[:n]
+    chosen = list(dict.fromkeys(g for g in given if g not in excluded))[:n]
     n_given = len(chosen)
-    too_close: set[str] = set()  # likely false negatives: never mined, never filled
+    too_close: set[int] = set()  # likely false negatives: never mined, never filled
     n_window = len(window)
     if margin is not None:
-        too_close = {texts[c] for c, s in window if s > margin * pos_score}
+        too_close = {c for c, s in window if s > margin * pos_score}
         window = [(c, s) for c, s in window if s <= margin * pos_score]
     pool = [c for c, _ in window]
     if chosen:
         given_set = set(chosen)
-        pool = [c for c in pool if texts[c] not in given_set]
+        pool = [c for c in pool if c not in given_set]
     take = min(n - len(chosen), len(pool))
-    mined = [texts[pool[i]] for i in sorted(_sample(rng, len(pool), take))]
+    mined = [pool[i] for i in sorted(_sample(rng, len(pool), take))]
     chosen += mined
     n_filled = 0
     if len(chosen) < n:
-        taken = set(chosen) | excluded_texts | too_close
-        available = len(set(texts) - taken)
+        taken = set(chosen) | excluded | too_close
+        available = corpus_size - len(taken)
         while len(chosen) < n and n_filled < available:  # random fill, drawn a few at a time (corpora are large)
             for _ in range(4 * n):
-                t = texts[rng.randrange(len(texts))]
+                t = rng.randrange(corpus_size)
                 if len(chosen) < n and t not in taken:
                     chosen.append(t)
                     taken.add(t)

@@ -1,7 +1,7 @@
 """Ranking-consistency filtering (KaLM §3.2, technique (2)).
 
-Each query is searched against its own source's corpus (every positive and negative of the source, plus an
-optional candidate pool). A pair whose positive does not rank within the top k is dropped: its query is too
+Each query is searched against its own source's corpus (every positive and negative of the source once, plus an
+optional candidate pool; kalm_core/filtering.py builds it). A pair whose positive does not rank within the top k is dropped: its query is too
 broad, and it would poison hard-negative mining. Ranks are 0-based and ignore the query's own text and the
 query's other positives, which are not competitors.
 """
@@ -14,20 +14,6 @@ import numpy as np
 
 from kalm_core.config import FilterConfig
 from kalm_core.search import count_above, topk
-
-
-@dataclass(frozen=True)
-class Corpus:
-    texts: list[str]
-    ids: dict[str, int]
-
-    @classmethod
-    def build(cls, positives: list[str], negatives: list[list[str]], pool: list[str] | None = None) -> "Corpus":
-        texts = list(dict.fromkeys([*positives, *(n for ns in negatives for n in ns), *(pool or [])]))
-        return cls(texts, {t: i for i, t in enumerate(texts)})
-
-    def __len__(self) -> int:
-        return len(self.texts)
 
 
 @dataclass(frozen=True)
@@ -57,6 +43,12 @@ class Ranked:
     pos_scores: np.ndarray  # (P,) float32
     cand_ids: np.ndarray  # (P, depth) int64: corpus ids in rank order, -1 past the end of a short list
     cand_scores: np.ndarray  # (P, depth) float32
+
+    @classmethod
+    def unranked(cls, pairs: int) -> "Ranked":
+        """No ranking (filter.enabled false): no candidates, so mining takes given negatives and fills at random."""
+        return cls(np.zeros(pairs, np.int64), np.zeros(pairs, np.float32), np.full((pairs, 0), -1, np.int64),
+                   np.zeros((pairs, 0), np.float32))
 
     def window(self, i: int, lo: int, hi: int) -> list[tuple[int, float]]:
         """Pair i's candidates ranked in [lo, hi): (corpus id, score)."""

@@ -16,6 +16,7 @@ import glob
 import importlib.util
 import os
 import sqlite3
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,12 +114,34 @@ def load_extensions(con, *names: str) -> None:
         con.load_extension(name)
 
 
+MEMORY_ENV = "KALM_DUCKDB_MEMORY"  # each DuckDB instance's memory limit (DuckDB's default: 80% of the RAM)
+
+
 def new_connection(**config) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that never downloads an extension, with the pair contract's macros (pairs.py)."""
+    """An in-memory DuckDB that never downloads an extension, with the pair contract's macros (pairs.py). With
+    $KALM_DUCKDB_MEMORY (e.g. 1GB) its joins, sorts and aggregates spill to the system's temporary folder past
+    that limit."""
+    limit = os.environ.get(MEMORY_ENV)
+    spill = {"memory_limit": limit, "temp_directory": str(Path(tempfile.gettempdir()) / "kalm-duckdb")} if limit else {}
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                 **config})
+                                 **spill, **config})
     pairs.register(con)
     return con
+
+
+@contextmanager
+def wide_sort(con):
+    """Inside, a DuckDB under $KALM_DUCKDB_MEMORY runs on one thread: sorting or joining a million rows of texts
+    needs its working memory per thread, and two halves of a small limit fail where one whole succeeds."""
+    if not os.environ.get(MEMORY_ENV):
+        yield con
+        return
+    (threads,) = con.execute("select current_setting('threads')").fetchone()
+    con.execute("set threads = 1")
+    try:
+        yield con
+    finally:
+        con.execute(f"set threads = {int(threads)}")
 
 
 def _create_sqlite_catalog(path: Path) -> None:
@@ -301,6 +324,11 @@ def exists(con, layer: str, name: str) -> bool:
         return False
     finally:
         probe.close()
+
+
+def columns(con, layer: str, name: str) -> list[str]:
+    """The column names of table layer.name, in order."""
+    return [d[0] for d in con.execute(f"select * from {table(layer, name)} limit 0").description]
 
 
 def count(con, layer: str, name: str) -> int:

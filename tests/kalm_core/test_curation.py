@@ -78,21 +78,25 @@ def test_negatives_come_from_the_window_and_never_a_positive_or_the_query():
 def test_the_margin_excludes_a_near_duplicate_of_the_positive():
     texts = ["pos", "near dup", "far a", "far b", "far c", "query"]
     cands = [(1, 0.97), (2, 0.5), (3, 0.4), (4, 0.3)]  # the window: (corpus id, score), rank order; positive 1.0
-    plain = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=2, margin=None, seed=1)
-    margin = mine_negatives("k", [], cands, 1.0, texts, {0, 5}, n=4, margin=0.95, seed=1)
-    assert margin.n_margin_dropped == 1 and "near dup" not in margin.negatives
+
+    def mine(n, margin=None, seed=1, key="k"):  # (negatives as texts, Mined)
+        m = mine_negatives(key, [], cands, 1.0, len(texts), {0, 5}, n=n, margin=margin, seed=seed)
+        return [texts[i] for i in m.negatives], m
+    (_, plain), (negatives, margin) = mine(2), mine(4, margin=0.95)
+    assert margin.n_margin_dropped == 1 and "near dup" not in negatives
     assert margin.n_window == plain.n_window == 4  # the share the margin removed: 1 of 4 candidates
     assert margin.n_mined == 3 and margin.n_filled == 0  # not even the random fill brings it back
-    assert plain.n_margin_dropped == 0 and set(plain.negatives) <= {"near dup", "far a", "far b", "far c"}
-    always = [mine_negatives(f"k{i}", [], cands, 1.0, texts, {0, 5}, n=4, seed=i) for i in range(5)]
-    assert all("near dup" in m.negatives for m in always)  # without the margin it is mined
+    assert plain.n_margin_dropped == 0 and set(mine(2)[0]) <= {"near dup", "far a", "far b", "far c"}
+    always = [mine(4, seed=i, key=f"k{i}")[0] for i in range(5)]
+    assert all("near dup" in negatives for negatives in always)  # without the margin it is mined
 
 
 def test_a_short_row_is_filled_at_random_and_flagged():
-    texts = ["pos", "q", "a", "b", "c", "d"]
-    m = mine_negatives("k", ["given"], [(2, 0.5)], 1.0, texts, {0, 1}, n=4, seed=0)
-    assert m.negatives[0] == "given" and m.n_given == 1 and m.n_mined == 1 and m.n_filled == 2
-    assert not {"pos", "q"} & set(m.negatives) and len(set(m.negatives)) == 4
+    texts = ["pos", "q", "a", "b", "c", "d", "given"]
+    m = mine_negatives("k", [6], [(2, 0.5)], 1.0, len(texts), {0, 1}, n=4, seed=0)
+    negatives = [texts[i] for i in m.negatives]
+    assert negatives[0] == "given" and m.n_given == 1 and m.n_mined == 1 and m.n_filled == 2
+    assert not {"pos", "q"} & set(negatives) and len(set(negatives)) == 4
 
 
 def test_a_small_corpus_shrinks_k_and_the_window():
@@ -320,3 +324,35 @@ def test_the_filter_ranks_the_query_string_the_trainer_trains_on(tmp_path):
     rows.drop("pair_id").with_columns(batch_id=pl.lit(0), position=pl.Series([0, 1])).write_parquet(snapshot)
     (batch,) = load_batches(snapshot, group_size=2, world_size=1, template=ModelConfig.query_template)
     assert seen == batch.queries == ["Instruct: Find the docs \n Query: sort a list", "a cat sits"]
+
+
+def test_pairs_ranked_and_mined_a_chunk_at_a_time_give_the_same_rows(monkeypatch):
+    """#23 item 6: the filter streams its pairs in chunks; where the chunks fall, and the order rows come in, change
+    nothing."""
+    from kalm_core import filtering
+
+    pairs, enc = planted()
+    whole, stats = filter_source(pairs, enc, FilterConfig(margin=0.99), n_negatives=3)
+    monkeypatch.setattr(filtering, "PAIR_CHUNK", 4)
+    chunked, chunked_stats = filter_source(pairs, enc, FilterConfig(margin=0.99), n_negatives=3)
+    assert chunked.equals(whole) and chunked_stats == stats
+    shuffled, _ = filter_source(pairs.sample(fraction=1.0, shuffle=True, seed=3), enc, FilterConfig(margin=0.99),
+                                n_negatives=3)  # the lake hands rows over in storage order: it changes no row
+    assert shuffled.sort("pair_id").equals(whole.sort("pair_id"))
+
+
+def test_a_disabled_filter_keeps_every_pair_unranked_and_loads_no_model():
+    class NoModel:
+        def queries(self, texts):
+            raise AssertionError("a disabled filter encodes nothing")
+
+        passages = queries
+
+    pairs, _ = planted()
+    out, stats = filter_source(pairs, NoModel(), FilterConfig(enabled=False), n_negatives=3)
+    assert out["kept"].all() and out["pos_rank"].is_null().all() and out["reason"].is_null().all()
+    assert stats.kept == stats.pairs == 11 and stats.median_pos_rank is None
+    assert (out["negatives"].list.len() == 3).all() and out.row(0, named=True)["n_given_negatives"] == 3
+    assert (out.filter(pl.col("pair_id") != "p0")["n_filled_negatives"] == 3).all()  # no window: random fill
+    for row in out.iter_rows(named=True):
+        assert row["positive"] not in row["negatives"] and row["query"] not in row["negatives"]
