@@ -216,21 +216,23 @@ def million_part(args, tmp: Path) -> None:
 
 
 def filter_child(n: int) -> None:
-    """The filter pass over the first n staged pairs of source `big`, as filtered/big runs it (demo's MiniLM)."""
+    """The filter pass over the first n staged pairs of source `big`, as filtered/big runs it (the demo's MiniLM,
+    rows streamed out of the lake), its results counted and dropped."""
     from kalm_core import filter_model
     from kalm_core.config import data_dir, get_profile
-    from kalm_core.filtering import CachedEncoder, filter_source
+    from kalm_core.filtering import CachedEncoder, filter_results
 
     profile = get_profile(os.environ["KALM_PROFILE"])
     cfg = replace(profile.filter, enabled=True)
     fm = filter_model.resolve(replace(profile, filter=cfg))
     encoder = CachedEncoder.load(fm.path, fm.config, data_dir() / "embedding_cache", batch_size=cfg.batch_size)
+    first = f"(select * from staged.big where row_number <= {n})"  # record numbers start at 1
     with warehouse.connect(read_only=True) as con:
-        pairs = con.sql(f"select * from staged.big order by row_number, positive_index limit {n}").pl()
-    _, stats = filter_source(pairs, encoder, cfg, n_negatives=profile.n_negatives)
-    dim = encoder.queries(pairs["query"].head(1)).shape[1]  # cached by now
-    texts = pairs["query"].n_unique() + stats.corpus_size
-    (data_dir() / "filter.json").write_text(json.dumps({"encoded": encoder.encoded, "bytes": texts * dim * 4}))
+        stats = filter_results(con, first, encoder, cfg, lambda part: None, n_negatives=profile.n_negatives)
+        queries, one = con.execute(f"select count(distinct query), any_value(query) from {first}").fetchone()
+    dim = encoder.queries([one]).shape[1]  # cached by now
+    (data_dir() / "filter.json").write_text(json.dumps({"encoded": encoder.encoded, "pairs": stats.pairs,
+                                                        "bytes": (queries + stats.corpus_size) * dim * 4}))
 
 
 def main() -> None:

@@ -39,12 +39,22 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+SCORES_PER_BLOCK = 2**24  # a (queries x corpus) score block holds at most this many floats (64 MB)
+
+
+def _rows(chunk: int, corpus_size: int) -> int:
+    """Queries scored at once: `chunk`, fewer for a corpus so large that the block would pass SCORES_PER_BLOCK, so
+    the memory of a search does not grow with the corpus."""
+    return max(1, min(chunk, SCORES_PER_BLOCK // max(corpus_size, 1)))
+
+
 def topk_torch(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """The reference and fallback (no faiss installed): chunked matmul + topk on the GPU when there is one, same
     contract as topk_faiss."""
     k = min(k, corpus.shape[0])
     dev = _device()
     c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32)).to(dev)
+    chunk = _rows(chunk, c.shape[0])
     scores, ids = [], []
     for s in range(0, queries.shape[0], chunk):
         q = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)).to(dev)
@@ -70,6 +80,7 @@ def count_above(queries: np.ndarray, corpus: np.ndarray, thresholds: np.ndarray,
     dev = _device()
     c = torch.from_numpy(np.ascontiguousarray(corpus, dtype=np.float32)).to(dev)
     exact = torch.float32 if c.shape[0] < 2**24 else torch.float64  # counts a float sum holds exactly
+    chunk = _rows(chunk, c.shape[0])
     out = []
     for s in range(0, queries.shape[0], chunk):
         sim = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32)).to(dev) @ c.T  # (q, C)

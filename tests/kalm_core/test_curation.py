@@ -356,3 +356,18 @@ def test_a_disabled_filter_keeps_every_pair_unranked_and_loads_no_model():
     assert (out.filter(pl.col("pair_id") != "p0")["n_filled_negatives"] == 3).all()  # no window: random fill
     for row in out.iter_rows(named=True):
         assert row["positive"] not in row["negatives"] and row["query"] not in row["negatives"]
+
+
+def test_the_exact_search_scores_a_bounded_block_whatever_the_corpus(monkeypatch):
+    """The score block of a search is capped (search.SCORES_PER_BLOCK): fewer queries at once, the same answers."""
+    from kalm_core import search
+
+    rng = np.random.default_rng(0)
+    q, c = rng.normal(size=(37, DIM)).astype(np.float32), rng.normal(size=(500, DIM)).astype(np.float32)
+    thresholds = rng.normal(size=37).astype(np.float32)
+    whole = search.count_above(q, c, thresholds), search.topk_torch(q, c, 5)
+    monkeypatch.setattr(search, "SCORES_PER_BLOCK", 1_000)  # two queries per block
+    assert search._rows(4096, 500) == 2
+    assert (search.count_above(q, c, thresholds) == whole[0]).all()
+    scores, ids = search.topk_torch(q, c, 5)
+    assert (ids == whole[1][1]).all() and np.allclose(scores, whole[1][0], atol=1e-5)  # BLAS rounds per block size
