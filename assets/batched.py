@@ -11,6 +11,7 @@ from kalm_core.batching import allowed_purity_gap, purity_ok
 from kalm_core.catalog import Catalog
 from kalm_core.config import data_dir, get_profile
 from kalm_core.identifiers import table
+from kalm_core.snapshot import export_snapshot
 from kalm_core.versions import code_version
 
 TRAINING_PAIRS = dg.AssetKey(["marts", "training_pairs"])
@@ -85,7 +86,7 @@ def batches(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             epoch_batches.write(con, epoch, params, placed, stats, profile.global_batch)
             purity_rows = wh.write(con, "batched", "batch_purity", purity)
         rows, rest_rows = wh.count(con, "batched", "batches"), wh.count(con, "batched", "left_over")
-        snapshot, digest = epoch_batches.export_snapshot(con, data_dir() / "snapshots")
+        snapshot, digest = export_snapshot(con, data_dir() / "snapshots")
         yield dg.MaterializeResult(asset_key=BATCHES, metadata=table_metadata(
             con, "batched", "batches", rows=rows, batches=stats.batches, global_batch=profile.global_batch,
             per_device_batch=cfg.per_device_batch, world_size=profile.train.nproc, ratio=cfg.ratio,

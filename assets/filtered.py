@@ -43,7 +43,7 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                 part.write_parquet(f"{parts}/{next(names):06d}.parquet")
 
             with warehouse.connect(read_only=True) as con:  # DuckDB hands the filter its rows a chunk at a time
-                carry = tuple(c for c in wh.columns(con, "staged", src.name) if c != "negatives")
+                carry = tuple(c for c in wh.columns(con, staged) if c != "negatives")
                 stats = filter_results(con, staged, encoder, cfg, sink, _pool(con, cfg.candidate_pool),
                                        profile.model.query_template, cfg.instructed_queries,
                                        n_negatives=profile.n_negatives, carry=carry)

@@ -2,21 +2,17 @@
 
 Batching needs, per row, only its group, copy, pair and the hashes of its texts (kalm_core/batching.py `assign`):
 those are read from the epoch's relation (kalm_core/mixing.py `epoch_sql`), never its texts. The batches, the pairs
-left over and the training snapshot are then written by DuckDB joining the placement back to the epoch's rows, so a
-million pairs with their negatives never sit in Python at once.
+left over are then written by DuckDB joining the placement back to the epoch's rows (and the training snapshot by
+kalm_core/snapshot.py), so a million pairs with their negatives never sit in Python at once.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import polars as pl
 
 from kalm_core.batching import BatchStats, assign, batch_keys_sql
 from kalm_core.config import BatchConfig
 from kalm_core.identifiers import table
-from kalm_core.snapshot import SNAPSHOT_COLUMNS, publish
 
 PLACED = "_kalm_placed"  # the registered placement: pair_id, copy, batch_id, position
 
@@ -57,15 +53,3 @@ def repeated_texts(con, batches: str = table("batched", "batches")) -> int:
                                select batch_id, hash(text) from (select batch_id, unnest(list_concat(
                                    [query, positive], negatives)) as text from {batches})
                                group by all having count(*) > 1)""").fetchone()[0]
-
-
-def export_snapshot(con, directory: str | Path, batches: str = table("batched", "batches")) -> tuple[Path, str]:
-    """The training columns of `batches` in batch order, written by DuckDB to `directory/batches-<sha[:16]>.parquet`
-    (kalm_core/snapshot.py names it); returns (path, full sha256)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    columns = [*SNAPSHOT_COLUMNS, "pair_id", "source"]
-    tmp = directory / f".batches-{os.getpid()}.parquet"
-    con.execute(f"copy (select {', '.join(columns)} from {batches} order by batch_id, position) "
-                f"to '{tmp}' (format parquet)")
-    return publish(tmp, directory)

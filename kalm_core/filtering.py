@@ -21,6 +21,7 @@ from kalm_core.embedding_cache import EmbeddingCache
 from kalm_core.mining import mine_negatives
 from kalm_core.model import Embedder
 from kalm_core.prompts import instructed_query
+from kalm_core.warehouse import columns
 from kalm_core.ranking_consistency import Ranked, Window, keep_decision, rank_positives
 
 
@@ -132,7 +133,7 @@ def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
                               for b in scan("query, positive")] or [pl.DataFrame(schema={"query": pl.Utf8,
                                                                                        "pos_id": pl.Int64})])
     positives_of = positives_of.group_by("query").agg(query_positives=pl.col("pos_id").unique())
-    optional = [c if c in _columns(con, pairs) else f"null::varchar as {c}" for c in ("task_type", "instruction")]
+    optional = [c if c in columns(con, pairs) else f"null::varchar as {c}" for c in ("task_type", "instruction")]
     rows = scan(", ".join(dict.fromkeys([*carry, "pair_id", "query", "positive", "negatives", *optional])))
     ranks, height, kept_n, filled, margin_dropped = [], 0, 0, 0, 0
     for batch in _batches(rows):  # 3. a chunk at a time: rank, keep or drop, mine
@@ -188,10 +189,6 @@ def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
     return FilterStats(pairs=height, kept=kept_n, corpus_size=len(corpus), window=window,
                        median_pos_rank=float(np.median(all_ranks)) if len(all_ranks) else None,
                        filled_rows=filled, margin_dropped=margin_dropped)
-
-
-def _columns(con, relation: str) -> list[str]:
-    return [d[0] for d in con.execute(f"select * from {relation} limit 0").description]
 
 
 def _batches(reader):

@@ -6,18 +6,19 @@ import hashlib
 import os
 from pathlib import Path
 
-import polars as pl
+from kalm_core.identifiers import table
 
 SNAPSHOT_COLUMNS = ("batch_id", "position", "query", "instruction", "positive", "negatives", "task_type")
 
 
-def write_snapshot(batches: pl.DataFrame, directory: str | Path) -> tuple[Path, str]:
-    """Write the training columns to `directory/batches-<sha256[:16]>.parquet`; returns (path, full sha256)."""
+def export_snapshot(con, directory: str | Path, batches: str = table("batched", "batches")) -> tuple[Path, str]:
+    """The training columns of `batches` in batch order, written by DuckDB to `directory/batches-<sha[:16]>.parquet`
+    (a relation of millions of rows never passes through Python); returns (path, full sha256)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".batches-{os.getpid()}.parquet"
-    batches.select(*SNAPSHOT_COLUMNS, *[c for c in ("pair_id", "source") if c in batches.columns]) \
-        .sort("batch_id", "position").write_parquet(tmp, statistics=False)
+    con.execute(f"copy (select {', '.join([*SNAPSHOT_COLUMNS, 'pair_id', 'source'])} from {batches} "
+                f"order by batch_id, position) to '{tmp}' (format parquet)")
     return publish(tmp, directory)
 
 

@@ -326,9 +326,9 @@ def exists(con, layer: str, name: str) -> bool:
         probe.close()
 
 
-def columns(con, layer: str, name: str) -> list[str]:
-    """The column names of table layer.name, in order."""
-    return [d[0] for d in con.execute(f"select * from {table(layer, name)} limit 0").description]
+def columns(con, relation: str) -> list[str]:
+    """The column names of a table (`table(layer, name)`) or any relation, in order."""
+    return [d[0] for d in con.execute(f"select * from {relation} limit 0").description]
 
 
 def count(con, layer: str, name: str) -> int:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from kalm_core import epoch_batches
 from kalm_core.batching import BatchingError, semi_homogeneous
 from kalm_core.config import BatchConfig
-from kalm_core.snapshot import SNAPSHOT_COLUMNS, write_snapshot
+from kalm_core.snapshot import SNAPSHOT_COLUMNS, export_snapshot
 
 
 def pairs(sizes: dict[str, int], shared_negative: bool = False) -> pl.DataFrame:
@@ -126,8 +126,10 @@ def test_bad_config_is_refused():
 
 def test_snapshot_is_named_by_its_hash(tmp_path):
     out, _, _ = semi_homogeneous(pairs({"a": 40}), BatchConfig(per_device_batch=4))
-    path, digest = write_snapshot(out, tmp_path)
-    again, digest2 = write_snapshot(out, tmp_path)
+    con = duckdb.connect()
+    con.register("batches", out.to_arrow())
+    path, digest = export_snapshot(con, tmp_path, "batches")
+    again, digest2 = export_snapshot(con, tmp_path, "batches")
     assert path == again and digest == digest2 and path.name == f"batches-{digest[:16]}.parquet"
     back = pl.read_parquet(path)
     assert set(SNAPSHOT_COLUMNS) <= set(back.columns) and back.height == out.height
