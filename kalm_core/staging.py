@@ -48,35 +48,38 @@ def stage_source(con, src: Source, sql_text: str | None = None,
     limits = length_limits(model)
     counter = TokenCounter(load_tokenizer(limits.tokenizer))
     counter.register(con)
-    sql_text = sql_text if sql_text is not None else STAGING_SQL.read_text(encoding="utf-8")
-    params = {
-        "task_type": src.task_type, "instruction": src.instruction, "language": src.language,
-        "is_held_out": src.held_out, "max_query_tokens": limits.max_query_tokens,
-        "max_passage_tokens": limits.max_passage_tokens,
-        "folder_task_types": src.folder_task_types,
-    }
-    con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
-    con.execute(f"create or replace temp table _kalm_staged as {sql_text}", params)
-    with transaction(con):  # the kept rows and the source's quarantine rows change together
-        con.execute(
-            f"create or replace table {table('staged', src.name)} as select {KEPT_COLUMNS} from _kalm_staged "
-            "where status = 'kept'"
-        )
-        con.execute(REJECTS_DDL)
-        con.execute(f"delete from {table('staged', 'rejects')} where source = ?", [src.name])
-        con.execute(
-            f"""insert into {table('staged', 'rejects')}
-            select source, row_number, positive_index, record_id, status, reason,
-                   case when status = 'duplicate' then pair_id end, query, positive, negatives, raw_record,
-                   content_hash, current_localtimestamp()
-            from _kalm_staged where status <> 'kept'"""
-        )
-    counts = dict(con.execute("select status, count(*) from _kalm_staged group by status").fetchall())
-    reasons = dict(con.execute(
-        "select reason, count(*) from _kalm_staged where status = 'rejected' group by reason order by 2 desc"
-    ).fetchall())
-    rows_in = con.execute(f"select count(*) from {table('raw', src.name)}").fetchall()[0][0]
-    con.execute("drop table _kalm_staged")
+    try:
+        sql_text = sql_text if sql_text is not None else STAGING_SQL.read_text(encoding="utf-8")
+        params = {
+            "task_type": src.task_type, "instruction": src.instruction, "language": src.language,
+            "is_held_out": src.held_out, "max_query_tokens": limits.max_query_tokens,
+            "max_passage_tokens": limits.max_passage_tokens,
+            "folder_task_types": src.folder_task_types,
+        }
+        con.execute(f"create or replace temp view raw_input as select * from {table('raw', src.name)}")
+        con.execute(f"create or replace temp table _kalm_staged as {sql_text}", params)
+        with transaction(con):  # the kept rows and the source's quarantine rows change together
+            con.execute(
+                f"create or replace table {table('staged', src.name)} as select {KEPT_COLUMNS} from _kalm_staged "
+                "where status = 'kept'"
+            )
+            con.execute(REJECTS_DDL)
+            con.execute(f"delete from {table('staged', 'rejects')} where source = ?", [src.name])
+            con.execute(
+                f"""insert into {table('staged', 'rejects')}
+                select source, row_number, positive_index, record_id, status, reason,
+                       case when status = 'duplicate' then pair_id end, query, positive, negatives, raw_record,
+                       content_hash, current_localtimestamp()
+                from _kalm_staged where status <> 'kept'"""
+            )
+        counts = dict(con.execute("select status, count(*) from _kalm_staged group by status").fetchall())
+        reasons = dict(con.execute(
+            "select reason, count(*) from _kalm_staged where status = 'rejected' group by reason order by 2 desc"
+        ).fetchall())
+        rows_in = con.execute(f"select count(*) from {table('raw', src.name)}").fetchall()[0][0]
+        con.execute("drop table _kalm_staged")
+    finally:
+        counter.unregister(con)
     return StageStats(rows_in=rows_in, kept=counts.get("kept", 0), rejected=counts.get("rejected", 0),
                       duplicates=counts.get("duplicate", 0), reasons=reasons,
                       tokenized=counter.tokenized)

@@ -140,19 +140,22 @@ class TokenCounter:
             verdict[i] = n > limit
         return verdict  # type: ignore[return-value]
 
+    def unregister(self, con, name: str = "kalm_over_tokens") -> None:
+        con.remove_function(f"{name}_udf_{id(self):x}")
+
     def register(self, con, name: str = "kalm_over_tokens") -> None:
         """`name(text, limit) -> boolean` on a DuckDB connection: a macro that settles a text short enough in bytes
-        in SQL, and hands only the others to a vectorised Arrow UDF (a UDF call per text doubled staging's time)."""
+        in SQL, and hands only the others to a vectorised Arrow UDF (a UDF call per text doubled staging's time).
+        `unregister` removes the UDF: a process's lake connections share one DuckDB instance (warehouse.py)."""
         import duckdb
 
-        udf = f"{name}_udf"
+        udf = f"{name}_udf_{id(self):x}"  # functions belong to the instance, which a cursor shares: one per counter
         try:
-            con.remove_function(udf)
-        except Exception:  # noqa: BLE001 - not registered yet on this connection
+            con.create_function(
+                udf, lambda texts, limits: self.over(texts, limits[0].as_py() if len(limits) else 0),
+                [duckdb.sqltypes.VARCHAR, duckdb.sqltypes.INTEGER], duckdb.sqltypes.BOOLEAN, type="arrow",
+                null_handling="special")
+        except duckdb.CatalogException:  # this counter's, registered already through another cursor
             pass
-        con.create_function(
-            udf, lambda texts, limits: self.over(texts, limits[0].as_py() if len(limits) else 0),
-            [duckdb.sqltypes.VARCHAR, duckdb.sqltypes.INTEGER], duckdb.sqltypes.BOOLEAN, type="arrow",
-            null_handling="special")
         con.execute(f"create or replace temp macro {name}(t, lim) as case when strlen(t) * {self.tokens_per_byte} "
                     f"+ {self.specials} <= lim then false else {udf}(t, lim) end")
