@@ -6,7 +6,7 @@ import tempfile
 import dagster as dg
 import polars as pl
 
-from assets.common import table_metadata
+from assets.common import table_metadata, with_checks
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
 from kalm_core import filter_model
@@ -24,10 +24,20 @@ def _pool(con, name: str | None) -> pl.Series | None:
     return con.sql(f"select distinct text from {table(layer, tbl)} order by text").pl()["text"]
 
 
+def _kept_some(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
+    name = context.assets_def.key.path[-1]
+    with warehouse.connect(read_only=True) as con:
+        kept, n = con.execute(f"select count(*) filter (kept), count(*) from {table('filtered', name)}").fetchall()[0]
+    return dg.AssetCheckResult(passed=kept > 0, metadata={"source": name, "kept": kept, "pairs": n,
+                                                          "expected_min_kept": 1},
+                               description=None if kept else f"every pair of source {name!r} was filtered out")
+
+
 def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
-    @dg.asset(key=["filtered", src.name], deps=[dg.AssetKey(["staged", src.name])], group_name="filtered",
-              kinds={"duckdb", "pytorch"},
-              description="Ranking-consistency filter and hard negatives mined from a rank window (KaLM §3.2).")
+    @with_checks(dg.AssetKey(["filtered", src.name]),
+                 {"kept_some": ("the filter kept at least one pair of this source", _kept_some)},
+                 deps=[dg.AssetKey(["staged", src.name])], group_name="filtered", kinds={"duckdb", "pytorch"},
+                 description="Ranking-consistency filter and hard negatives mined from a rank window (KaLM §3.2).")
     def _filtered(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   settings: SettingsResource) -> dg.MaterializeResult:
         profile = get_profile(settings.profile)
@@ -50,9 +60,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
             with warehouse.connect() as con:  # the parts hold whole rows: the table is a copy of them
                 con.execute(f"""create or replace table {table('filtered', src.name)} as
                                 select * from read_parquet('{parts}/*.parquet')""")
-                rows = wh.count(con, "filtered", src.name)
-                meta = table_metadata(
-                    con, "filtered", src.name, rows=rows, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
+                meta = table_metadata(  # a row per staged pair: the table holds stats.pairs rows
+                    con, "filtered", src.name, rows=stats.pairs, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
                     kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
                     corpus_size=stats.corpus_size, top_k=stats.window.top_k,
                     window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
@@ -72,20 +81,6 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
         return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile))
 
     return _filtered
-
-
-def build_filtered_check(src: Source) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=dg.AssetKey(["filtered", src.name]), name="kept_some", blocking=True,
-                    description="the filter kept at least one pair of this source")
-    def _kept_some(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect(read_only=True) as con:
-            kept, n = con.execute(f"select count(*) filter (kept), count(*) from {table('filtered', src.name)}"
-                                  ).fetchall()[0]
-        return dg.AssetCheckResult(passed=kept > 0, metadata={"source": src.name, "kept": kept, "pairs": n,
-                                                              "expected_min_kept": 1},
-                                   description=None if kept else f"every pair of source {src.name!r} was filtered out")
-
-    return _kept_some
 
 
 @dg.asset(key=["filtered", "synthetic"], deps=[dg.AssetKey(["synthetic", "examples"])], group_name="filtered",
@@ -122,5 +117,4 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
 
 def build(catalog: Catalog) -> tuple[list, list]:
     sources = [s for s in catalog.sources if not s.held_out]  # the evaluation split is never filtered
-    return ([*(build_filtered_asset(s) for s in sources), filtered_synthetic],
-            [build_filtered_check(s) for s in sources])
+    return [*(build_filtered_asset(s) for s in sources), filtered_synthetic], []

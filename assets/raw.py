@@ -8,7 +8,7 @@ import dagster as dg
 from assets.resources import WarehouseResource
 from kalm_core import extract, python_docs
 from kalm_core.catalog import Catalog, Source
-from assets.common import table_metadata
+from assets.common import table_metadata, with_checks
 from kalm_core.identifiers import table
 from kalm_core.sources.beir import load_beir_source
 from kalm_core.sources.read import load_layout_source
@@ -43,10 +43,37 @@ def build_source_observer(src: Source, catalog: Catalog):
                                                       "Observed: its files, size, records and last change.")(_observe)
 
 
+def file_accounting(src: Source):
+    """records in the file (counted before parsing) = records in raw, loaded or quarantined"""
+    key = dg.AssetKey(["raw", src.name])
+
+    def _check(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
+        meta = state["meta"]
+        if meta is None:  # run alone: the last build's counts
+            meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
+        in_file, cap = (v.value if isinstance(v, dg.MetadataValue) else v
+                        for v in (meta["records_in_file"], meta["max_rows"]))
+        with warehouse.connect(read_only=True) as con:
+            in_raw, errors = con.execute(
+                f"select count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
+                f"from {table('raw', src.name)}").fetchall()[0]
+        if in_file < 0:  # a remote file: its records are what its reader returned
+            return dg.AssetCheckResult(passed=True, metadata={"records_in_raw": in_raw, "records_in_file": "remote"})
+        expected = min(in_file, cap) if cap else in_file
+        return dg.AssetCheckResult(
+            passed=in_raw == expected,
+            metadata={"records_in_file": in_file, "max_rows": cap, "expected_records": expected,
+                      "records_in_raw": in_raw, "quarantined_records": errors},
+            description=None if in_raw == expected else
+            f"{src.name}: {expected} records in the file but {in_raw} in raw: {expected - in_raw} lost")
+
+    return file_accounting.__doc__, _check
+
+
 def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
-    @dg.asset(key=["raw", src.name], deps=[source_key(src)], group_name="raw", kinds={"duckdb"},
-              description=f"Source {src.name!r} normalised to the pair schema.")
-    def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    @with_checks(dg.AssetKey(["raw", src.name]), {"file_accounting": file_accounting(src)}, deps=[source_key(src)],
+                 group_name="raw", kinds={"duckdb"}, description=f"Source {src.name!r} normalised to the pair schema.")
+    def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings) -> dg.MaterializeResult:
         with warehouse.connect() as con:
             if src.kind == "python-docs":
                 stats = extract.load_frame_source(con, src, python_docs.harvest(src.packages))
@@ -72,31 +99,6 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
     return _raw
 
 
-def build_file_accounting_check(src: Source) -> dg.AssetChecksDefinition:
-    key = dg.AssetKey(["raw", src.name])
-
-    @dg.asset_check(asset=key, name="file_accounting", blocking=True,
-                    description="records in the file (counted before parsing) = records in raw, loaded or quarantined")
-    def _file_accounting(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
-        in_file, cap = meta["records_in_file"].value, meta["max_rows"].value
-        with warehouse.connect(read_only=True) as con:
-            in_raw, errors = con.execute(
-                f"select count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
-                f"from {table('raw', src.name)}").fetchall()[0]
-        if in_file < 0:  # a remote file: its records are what its reader returned
-            return dg.AssetCheckResult(passed=True, metadata={"records_in_raw": in_raw, "records_in_file": "remote"})
-        expected = min(in_file, cap) if cap else in_file
-        return dg.AssetCheckResult(
-            passed=in_raw == expected,
-            metadata={"records_in_file": in_file, "max_rows": cap, "expected_records": expected,
-                      "records_in_raw": in_raw, "quarantined_records": errors},
-            description=None if in_raw == expected else
-            f"{src.name}: {expected} records in the file but {in_raw} in raw: {expected - in_raw} lost")
-
-    return _file_accounting
-
-
 def build(catalog: Catalog) -> tuple[list, list]:
-    return ([a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))],
-            [build_file_accounting_check(s) for s in catalog.sources])
+    """The observed sources and the raw assets (each with its file_accounting check in its step)."""
+    return [a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))], []

@@ -1,9 +1,9 @@
-"""Layer staged: one staged/<source> asset per source from sql/staged/stg_source.sql, with its checks."""
+"""Layer staged: one staged/<source> asset per source from sql/staged/stg_source.sql, with its checks in its step."""
 
 
 import dagster as dg
 
-from assets.common import table_metadata
+from assets.common import table_metadata, with_checks
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
 from kalm_core import staging
@@ -18,13 +18,36 @@ def _template() -> SqlModel:
     return SqlModel("staged", "stg_source", staging.STAGING_SQL, text, parse_header(text))
 
 
+def _counts(context, warehouse: WarehouseResource, state: dict) -> dict[str, int]:
+    """The source's rows recounted from the lake, once for both checks of a step."""
+    if "accounting" not in state:
+        with warehouse.connect(read_only=True) as con:
+            state["accounting"] = staging.accounting(con, context.assets_def.key.path[-1])
+    return state["accounting"]
+
+
+def _row_accounting(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
+    n = _counts(context, warehouse, state)
+    out = n["kept"] + n["rejected"] + n["duplicates"]
+    return dg.AssetCheckResult(passed=n["rows_in"] == out, metadata={**n, "rows_out": out})
+
+
+def _not_empty(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
+    kept = _counts(context, warehouse, state)["kept"]
+    return dg.AssetCheckResult(passed=kept > 0, metadata={"rows_kept": kept, "expected_min": 1})
+
+
+CHECKS = {"row_accounting": ("rows in raw = kept + rejected + duplicates: staging loses nothing", _row_accounting),
+          "not_empty": ("the source kept at least one pair", _not_empty)}
+
+
 def build_staged_asset(src: Source) -> dg.AssetsDefinition:
     model = _template()
 
-    @dg.asset(key=["staged", src.name], deps=[dg.AssetKey(["raw", src.name])], group_name="staged",
-              kinds={"duckdb"}, code_version=model.code_version,
-              description=f"Source {src.name!r} staged: {model.description[:1].lower()}{model.description[1:]}",
-              metadata=model.metadata)
+    @with_checks(dg.AssetKey(["staged", src.name]), CHECKS, deps=[dg.AssetKey(["raw", src.name])],
+                 group_name="staged", kinds={"duckdb"}, code_version=model.code_version,
+                 description=f"Source {src.name!r} staged: {model.description[:1].lower()}{model.description[1:]}",
+                 metadata=model.metadata)
     def _staged(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 settings: SettingsResource) -> dg.MaterializeResult:
         profile = get_profile(settings.profile)  # its model's max lengths and tokenizer set the length limits
@@ -46,27 +69,6 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
     return _staged
 
 
-def build_staged_checks(src: Source) -> list[dg.AssetChecksDefinition]:
-    key = dg.AssetKey(["staged", src.name])
-
-    @dg.asset_check(asset=key, name="row_accounting", blocking=True,
-                    description="rows in raw = kept + rejected + duplicates: staging loses nothing")
-    def _accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect(read_only=True) as con:
-            n = staging.accounting(con, src.name)
-        out = n["kept"] + n["rejected"] + n["duplicates"]
-        return dg.AssetCheckResult(passed=n["rows_in"] == out, metadata={**n, "rows_out": out})
-
-    @dg.asset_check(asset=key, name="not_empty", blocking=True,
-                    description="the source kept at least one pair")
-    def _not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.connect(read_only=True) as con:
-            kept = staging.accounting(con, src.name)["kept"]
-        return dg.AssetCheckResult(passed=kept > 0, metadata={"rows_kept": kept, "expected_min": 1})
-
-    return [_accounting, _not_empty]
-
-
 def build(catalog: Catalog) -> tuple[list, list]:
-    return ([build_staged_asset(s) for s in catalog.sources],
-            [c for s in catalog.sources for c in build_staged_checks(s)])
+    """The staged assets, each with its row_accounting and not_empty checks in its step."""
+    return [build_staged_asset(s) for s in catalog.sources], []
