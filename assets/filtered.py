@@ -13,7 +13,6 @@ from kalm_core import filter_model
 from kalm_core import warehouse as wh
 from kalm_core.catalog import Catalog, Source
 from kalm_core.config import data_dir, get_profile
-from kalm_core.filtering import CachedEncoder, filter_results, filter_source
 from kalm_core.identifiers import table
 
 
@@ -40,6 +39,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                  description="Ranking-consistency filter and hard negatives mined from a rank window (KaLM §3.2).")
     def _filtered(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   settings: SettingsResource) -> dg.MaterializeResult:
+        from kalm_core.filtering import CachedEncoder, filter_results  # torch: imported by a step that runs
+
         profile = get_profile(settings.profile)
         cfg = profile.filter
         fm = filter_model.resolve(profile)  # an embedder, or an LM the user allowed (`--allow-lm-filter`)
@@ -88,6 +89,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
           description="The synthetic examples through the same filter; each task type ranks against its own corpus.")
 def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                        settings: SettingsResource) -> dg.MaterializeResult:
+    from kalm_core.filtering import CachedEncoder, filter_source
+
     profile = get_profile(settings.profile)
     with warehouse.connect(read_only=True) as con:
         pairs = con.sql(f"select * from {table('synthetic', 'examples')} order by row_number").pl()

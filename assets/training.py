@@ -13,7 +13,7 @@ import polars as pl
 from assets.batched import BATCHES
 from assets.resources import SettingsResource, WarehouseResource
 from assets.versions import run_profile_versions
-from kalm_core import checkpoint, plots
+from kalm_core import plots
 from kalm_core import warehouse as wh
 from kalm_core.config import data_dir, get_profile, resolve_model_path
 from kalm_core.identifiers import table
@@ -70,6 +70,8 @@ def candidate(context: dg.AssetExecutionContext, warehouse: WarehouseResource, s
     (out / "task_prompts.json").write_text(json.dumps(prompts, indent=2))
     args = ["--snapshot", snapshot, "--sha256", digest, "--config", str(out / "run_config.json"), "--output", str(out),
             "--task-prompts", str(out / "task_prompts.json")]
+    from kalm_core import checkpoint  # torch: imported by the step that trains, not by every `kalm` command
+
     key = checkpoint.resume_key(digest, profile)
     (out / checkpoint.RESUME_KEY).write_text(key)
     if earlier := checkpoint.interrupted_run(out.parent, key, exclude=out):  # same snapshot and settings, killed

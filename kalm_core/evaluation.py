@@ -16,13 +16,15 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from kalm_core.config import ModelConfig
-from kalm_core.device import describe, token_budget
-from kalm_core.model import Embedder
+
+if TYPE_CHECKING:
+    from kalm_core.model import Embedder
 
 HELD_OUT_TASK = "KalmHeldOut"
 
@@ -127,6 +129,8 @@ def make_encoder(embedder: Embedder, name: str, prompts: dict[str, str], batch_s
     from mteb.models.model_meta import ModelMeta, ScoringFunction
     from mteb.types import PromptType
 
+    from kalm_core.device import token_budget
+
     class KalmEncoder(AbsEncoder):
         def __init__(self):
             self.model = embedder
@@ -211,6 +215,9 @@ def evaluate_model(role: str, model_path: str, model_config: ModelConfig, dims: 
     scalar metric mteb reports, `main_score` among them). With `results_dir`, mteb also writes its own result JSON
     there (a ResultCache: results/<model>/<revision>/<experiment dim=N>/<task>.json)."""
     import mteb
+
+    from kalm_core.device import describe
+    from kalm_core.model import Embedder  # torch and transformers: imported where a model runs
 
     embedder = Embedder.for_inference(model_config, model_path)  # the GPU in bf16 when there is one
     device = describe(embedder.device, next(embedder.model.parameters()).dtype)

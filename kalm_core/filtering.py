@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -16,13 +17,14 @@ import polars as pl
 import pyarrow as pa
 
 from kalm_core.config import FilterConfig, ModelConfig
-from kalm_core.device import token_budget
 from kalm_core.embedding_cache import EmbeddingCache
 from kalm_core.mining import mine_negatives
-from kalm_core.model import Embedder
 from kalm_core.prompts import instructed_query
 from kalm_core.warehouse import columns
 from kalm_core.ranking_consistency import Ranked, Window, keep_decision, rank_positives
+
+if TYPE_CHECKING:
+    from kalm_core.model import Embedder
 
 
 @dataclass
@@ -40,16 +42,23 @@ class CachedEncoder:
     @classmethod
     def load(cls, model_path: str, embedder_config, cache_root: str | Path, **kw) -> "CachedEncoder":
         """On the GPU in bf16/fp16 with token-budget batches when there is one (kalm_core/device.py)."""
-        return cls(lambda: Embedder.for_inference(embedder_config, model_path),
-                   EmbeddingCache(cache_root, model_path, embedder_config), **kw)
+
+        def model() -> Embedder:  # torch and transformers: imported when a text misses the cache
+            from kalm_core.model import Embedder
+
+            return Embedder.for_inference(embedder_config, model_path)
+
+        return cls(model, EmbeddingCache(cache_root, model_path, embedder_config), **kw)
 
     @property
     def embedder(self) -> Embedder:
-        if not isinstance(self.model, Embedder):
+        if not hasattr(self.model, "encode"):  # the loader, not called yet
             self.model = self.model()
         return self.model
 
     def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        from kalm_core.device import token_budget
+
         out, truncated = self.embedder.encode(texts, is_query=is_query, batch_size=self.batch_size,
                                               show_progress=self.show_progress,
                                               max_tokens=token_budget(self.embedder.device), return_truncated=True)

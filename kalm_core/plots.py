@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import io
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib on first use (its import is ~0.3 s of every `kalm` command otherwise), drawing off-screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _markdown(fig) -> str:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -19,6 +25,7 @@ def _markdown(fig) -> str:
 
 
 def loss_curve(steps: list[int], losses: list[float]) -> str:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(steps, losses, lw=1)
     ax.set_xlabel("step")
@@ -29,6 +36,7 @@ def loss_curve(steps: list[int], losses: list[float]) -> str:
 
 def score_vs_dim(series: dict[str, dict[int, float]], metric: str = "nDCG@10") -> str:
     """series: role -> {dim: score}."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     for role, points in sorted(series.items()):
         dims = sorted(points)
@@ -43,6 +51,7 @@ def score_vs_dim(series: dict[str, dict[int, float]], metric: str = "nDCG@10") -
 
 def data_mix(sources: list[str], available: list[int], sampled: list[int]) -> str:
     """Pairs available and sampled per source, one bar pair each (the mix's effect at a glance)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(sources) + 1))
     y = range(len(sources))
     ax.barh([i + 0.2 for i in y], available, height=0.4, label="available")

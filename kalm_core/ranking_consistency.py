@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from kalm_core.config import FilterConfig
-from kalm_core.search import count_above, topk
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,8 @@ def rank_positives(q_emb: np.ndarray, corpus_emb: np.ndarray, pos_ids: np.ndarra
         return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, depth), np.int64),
                       np.zeros((0, depth), np.float32))
     extra = max((len(e) for e in excluded), default=0)
+    from kalm_core.search import count_above, topk  # torch: imported when a filter ranks (off: never)
+
     scores, ids = topk(q_emb, corpus_emb, depth + extra, chunk)  # (P, depth + extra)
     pos_scores = np.einsum("pd,pd->p", q_emb, corpus_emb[pos_ids]).astype(np.float32)
     # array work over all pairs at once (a Python loop over 100k pairs x 100 candidates took 12 s)

@@ -77,12 +77,11 @@ def import_closure(roots: tuple[str, ...], stop: tuple[str, ...] = ()) -> tuple[
 
 @lru_cache(maxsize=None)
 def module_hash(module: str) -> str:
-    """sha256 of a module's source file (read, never imported)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
+    """sha256 of a module's source file (read, never imported: find_spec would import a submodule's package)."""
+    path = source_file(module)
+    if path is None:
         raise ValueError(f"no module {module!r} to version")
-    with open(spec.origin, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def settings_hash(section) -> str:
