@@ -125,31 +125,32 @@ def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
     once, sorted, so a text's id is the same whatever order rows come in), for each query's positives, then to rank
     and mine. Python holds the corpus texts, their embedding matrix and one chunk. Ranks are exact and mining is
     seeded per pair, so neither the chunks nor the order change a row."""
-    scan = lambda columns: con.execute(f"select {columns} from {pairs}").fetch_record_batch(PAIR_CHUNK)  # noqa: E731
-    texts = [pl.Series(pool if pool is not None else [], dtype=pl.Utf8)]
+    scan = lambda columns: con.execute(f"select {columns} from {pairs}").to_arrow_reader(PAIR_CHUNK)  # noqa: E731
+    texts = [pl.Series(pool if pool is not None else [], dtype=pl.Utf8).drop_nulls().unique()]
     for batch in scan("positive, negatives"):  # 1. the corpus: each text once, sorted, so ids do not depend on order
         chunk = pl.from_arrow(batch)
         texts.append(pl.concat([chunk["positive"], chunk["negatives"].cast(pl.List(pl.Utf8)).explode()])
                      .drop_nulls().unique())
-    corpus = pl.concat(texts, rechunk=False)
-    del texts  # one copy of the texts at a time
-    corpus = corpus.unique()
-    corpus = corpus.sort().alias("text")
+    corpus = _distinct(texts).sort().alias("text")  # sorting a string view series moves views, not texts
     window = Window.for_corpus(len(corpus), cfg)
     c_emb = encoder.passages(corpus) if cfg.enabled else None  # (C, D)
-    # 2. each query's positives, which never count as its competitors
-    positives_of = pl.concat([pl.from_arrow(b).select("query", pos_id=_index(pl.from_arrow(b)["positive"], corpus))
-                              for b in scan("query, positive")] or [pl.DataFrame(schema={"query": pl.Utf8,
-                                                                                       "pos_id": pl.Int64})])
-    positives_of = positives_of.group_by("query").agg(query_positives=pl.col("pos_id").unique())
+    # 2. each query's positives, which never count as its competitors, keyed by the query's 64-bit hash: the
+    # queries' texts held again cost 0.36 GB at a million pairs (two queries sharing a hash would share exclusions)
+    qkey = lambda texts: texts.hash(seed=0).alias("qkey")  # noqa: E731
+    positives_of = [pl.DataFrame([qkey(f["query"]), pl.Series("pos_id", _find(f["positive"], corpus))])
+                    for f in map(pl.from_arrow, scan("query, positive"))]
+    positives_of = (pl.concat(positives_of) if positives_of else pl.DataFrame(
+        schema={"qkey": pl.UInt64, "pos_id": pl.Int64})).group_by("qkey").agg(query_positives=pl.col("pos_id").unique())
     optional = [c if c in columns(con, pairs) else f"null::varchar as {c}" for c in ("task_type", "instruction")]
     rows = scan(", ".join(dict.fromkeys([*carry, "pair_id", "query", "positive", "negatives", *optional])))
     ranks, height, kept_n, filled, margin_dropped = [], 0, 0, 0, 0
     for batch in _batches(rows):  # 3. a chunk at a time: rank, keep or drop, mine
-        chunk = pl.from_arrow(batch).join(positives_of, on="query", how="left", maintain_order="left")
+        chunk = pl.from_arrow(batch)
+        chunk = chunk.with_columns(qkey(chunk["query"])).join(positives_of, on="qkey", how="left",
+                                                               maintain_order="left")
         n = chunk.height
         height += n
-        pos_ids, self_ids = _index(chunk["positive"], corpus), _index(chunk["query"], corpus)
+        pos_ids, self_ids = _find(chunk["positive"], corpus), _find(chunk["query"], corpus)
         if (pos_ids < 0).any():  # staging guarantees a positive; a relation without one cannot be ranked
             raise ValueError(f"{int((pos_ids < 0).sum())} pairs of {pairs} have no positive text")
         excluded = [set(p) | ({q} if q >= 0 else set()) for p, q in
@@ -169,7 +170,7 @@ def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
             kept, reasons = np.ones(n, dtype=bool), [None] * n
         given = chunk["negatives"].cast(pl.List(pl.Utf8)).to_arrow()
         given = given.combine_chunks() if isinstance(given, pa.ChunkedArray) else given
-        given_ids, offsets = _index(pl.Series(given.flatten(), dtype=pl.Utf8), corpus), given.offsets.to_numpy()
+        given_ids, offsets = _find(pl.Series(given.flatten(), dtype=pl.Utf8), corpus), given.offsets.to_numpy()
         mined = [mine_negatives(pid, given_ids[offsets[i]:offsets[i + 1]].tolist(),
                                 ranked.window(i, window.lo, window.hi), ps, len(corpus), ex, n_negatives,
                                 cfg.margin, cfg.seed)
@@ -200,6 +201,20 @@ def filter_results(con, pairs: str, encoder: CachedEncoder, cfg: FilterConfig,
                        filled_rows=filled, margin_dropped=margin_dropped)
 
 
+def _distinct(parts: list[pl.Series]) -> pl.Series:
+    """The texts of `parts` (each distinct already) once each, keeping the first copy; `parts` is emptied. Only a part
+    that holds a later copy is filtered, one at a time: Series.unique over all of them held the texts twice (a
+    million pairs: 0.6 GB more at the filter's peak)."""
+    first = pl.concat(parts, rechunk=False).is_first_distinct()
+    out, offset = [], 0
+    while parts:
+        part = parts.pop(0)
+        keep = first.slice(offset, len(part))
+        offset += len(part)
+        out.append(part if keep.all() else part.filter(keep))
+    return pl.concat(out, rechunk=False) if out else pl.Series(dtype=pl.Utf8)
+
+
 def _batches(reader):
     """The record batches of `reader`; one empty batch when there are none, so the sink always gets a part."""
     empty = True
@@ -215,6 +230,16 @@ def _index(texts: pl.Series, unique: pl.Series) -> np.ndarray:
     rows = unique.alias("text").to_frame().with_row_index("row")
     return (texts.alias("text").to_frame().join(rows, on="text", how="left", maintain_order="left")["row"]
             .fill_null(-1).cast(pl.Int64).to_numpy())
+
+
+def _find(texts: pl.Series, corpus: pl.Series) -> np.ndarray:
+    """For each text, its id in the sorted `corpus`, -1 where it is not there: a binary search. A hash join built a
+    table over the whole corpus for every chunk (a million pairs: 0.6 GB more while the positives were read)."""
+    if corpus.is_empty():
+        return np.full(len(texts), -1, dtype=np.int64)
+    at = corpus.search_sorted(texts).cast(pl.Int64).clip(0, len(corpus) - 1)
+    hit = (corpus.gather(at) == texts).fill_null(False)
+    return np.where(hit.to_numpy(), at.to_numpy(), -1)
 
 
 def _list_column(name: str, corpus: pl.Series, rows: list[list[int]]) -> pl.Series:
