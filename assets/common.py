@@ -30,8 +30,8 @@ def with_checks(key: dg.AssetKey, checks: dict[str, tuple[str, Check]], **spec):
     """A per-source asset and its blocking checks (name: (description, check)) as one Dagster step: with 70 sources a
     step per check cost ~0.09 s of Dagster's bookkeeping each, four per source (#23 item 5). A check selected
     alone (the UI, `AssetSelection.checks`) runs alone against the lake as it is. A check's third argument is the
-    step's state: "meta", the build's metadata (None when the check runs alone), and what an earlier check of the
-    step left there for the next. The decorated function builds the asset: (context, warehouse, settings) ->
+    step's state: "key", the asset's; "meta", the build's metadata (None when the check runs alone); and what an
+    earlier check of the step left there for the next. The decorated function builds the asset: (context, warehouse, settings) ->
     MaterializeResult."""
 
     def wrap(build: Callable[..., dg.MaterializeResult]) -> dg.AssetsDefinition:
@@ -39,14 +39,17 @@ def with_checks(key: dg.AssetKey, checks: dict[str, tuple[str, Check]], **spec):
                         check_specs=[dg.AssetCheckSpec(name, asset=key, blocking=True, description=description)
                                      for name, (description, _) in checks.items()])
         def _step(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource):
-            state = {"meta": None}
+            state = {"key": key, "meta": None}
             if key in context.selected_asset_keys:
                 result = build(context, warehouse, settings)
                 state["meta"] = result.metadata
                 yield result
             for name, (_, check) in checks.items():
                 if dg.AssetCheckKey(key, name) in context.selected_asset_check_keys:
-                    yield check(context, warehouse, state)._replace(asset_key=key, check_name=name)
+                    result = check(context, warehouse, state)
+                    yield dg.AssetCheckResult(asset_key=key, check_name=name, passed=result.passed,
+                                              metadata=result.metadata, description=result.description,
+                                              severity=result.severity)
 
         return _step
 

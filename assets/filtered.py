@@ -24,7 +24,7 @@ def _pool(con, name: str | None) -> pl.Series | None:
 
 
 def _kept_some(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
-    name = context.assets_def.key.path[-1]
+    name = state["key"].path[-1]
     with warehouse.connect(read_only=True) as con:
         kept, n = con.execute(f"select count(*) filter (kept), count(*) from {table('filtered', name)}").fetchall()[0]
     return dg.AssetCheckResult(passed=kept > 0, metadata={"source": name, "kept": kept, "pairs": n,
@@ -62,8 +62,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                 con.execute(f"""create or replace table {table('filtered', src.name)} as
                                 select * from read_parquet('{parts}/*.parquet')""")
                 meta = table_metadata(  # a row per staged pair: the table holds stats.pairs rows
-                    con, "filtered", src.name, rows=stats.pairs, pairs=stats.pairs, kept=stats.kept, dropped=stats.dropped,
-                    kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
+                    con, "filtered", src.name, rows=stats.pairs, pairs=stats.pairs, kept=stats.kept,
+                    dropped=stats.dropped, kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
                     corpus_size=stats.corpus_size, top_k=stats.window.top_k,
                     window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
                     rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
@@ -118,6 +118,7 @@ def filtered_synthetic(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     return dg.MaterializeResult(metadata=meta, **run_profile_versions(context, settings.profile))
 
 
-def build(catalog: Catalog) -> tuple[list, list]:
+def build(catalog: Catalog) -> list[dg.AssetsDefinition]:
+    """A filtered asset per training source (each with its kept_some check in its step) and the synthetic one."""
     sources = [s for s in catalog.sources if not s.held_out]  # the evaluation split is never filtered
-    return [*(build_filtered_asset(s) for s in sources), filtered_synthetic], []
+    return [*(build_filtered_asset(s) for s in sources), filtered_synthetic]

@@ -43,35 +43,33 @@ def build_source_observer(src: Source, catalog: Catalog):
                                                       "Observed: its files, size, records and last change.")(_observe)
 
 
-def file_accounting(src: Source):
-    """records in the file (counted before parsing) = records in raw, loaded or quarantined"""
-    key = dg.AssetKey(["raw", src.name])
+def _file_accounting(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
+    key, meta = state["key"], state["meta"]
+    if meta is None:  # run alone: the last build's counts
+        meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
+    in_file, cap = (v.value if isinstance(v, dg.MetadataValue) else v
+                    for v in (meta["records_in_file"], meta["max_rows"]))
+    with warehouse.connect(read_only=True) as con:
+        in_raw, errors = con.execute(
+            f"select count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
+            f"from {table(*key.path)}").fetchall()[0]
+    if in_file < 0:  # a remote file: its records are what its reader returned
+        return dg.AssetCheckResult(passed=True, metadata={"records_in_raw": in_raw, "records_in_file": "remote"})
+    expected = min(in_file, cap) if cap else in_file
+    return dg.AssetCheckResult(
+        passed=in_raw == expected,
+        metadata={"records_in_file": in_file, "max_rows": cap, "expected_records": expected,
+                  "records_in_raw": in_raw, "quarantined_records": errors},
+        description=None if in_raw == expected else
+        f"{key.path[-1]}: {expected} records in the file but {in_raw} in raw: {expected - in_raw} lost")
 
-    def _check(context, warehouse: WarehouseResource, state: dict) -> dg.AssetCheckResult:
-        meta = state["meta"]
-        if meta is None:  # run alone: the last build's counts
-            meta = context.instance.get_latest_materialization_event(key).asset_materialization.metadata
-        in_file, cap = (v.value if isinstance(v, dg.MetadataValue) else v
-                        for v in (meta["records_in_file"], meta["max_rows"]))
-        with warehouse.connect(read_only=True) as con:
-            in_raw, errors = con.execute(
-                f"select count(distinct row_number), count(distinct row_number) filter (load_error is not null) "
-                f"from {table('raw', src.name)}").fetchall()[0]
-        if in_file < 0:  # a remote file: its records are what its reader returned
-            return dg.AssetCheckResult(passed=True, metadata={"records_in_raw": in_raw, "records_in_file": "remote"})
-        expected = min(in_file, cap) if cap else in_file
-        return dg.AssetCheckResult(
-            passed=in_raw == expected,
-            metadata={"records_in_file": in_file, "max_rows": cap, "expected_records": expected,
-                      "records_in_raw": in_raw, "quarantined_records": errors},
-            description=None if in_raw == expected else
-            f"{src.name}: {expected} records in the file but {in_raw} in raw: {expected - in_raw} lost")
 
-    return file_accounting.__doc__, _check
+CHECKS = {"file_accounting": ("records in the file (counted before parsing) = records in raw, loaded or quarantined",
+                              _file_accounting)}
 
 
 def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
-    @with_checks(dg.AssetKey(["raw", src.name]), {"file_accounting": file_accounting(src)}, deps=[source_key(src)],
+    @with_checks(dg.AssetKey(["raw", src.name]), CHECKS, deps=[source_key(src)],
                  group_name="raw", kinds={"duckdb"}, description=f"Source {src.name!r} normalised to the pair schema.")
     def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings) -> dg.MaterializeResult:
         with warehouse.connect() as con:
@@ -99,6 +97,6 @@ def build_raw_asset(src: Source, catalog: Catalog) -> dg.AssetsDefinition:
     return _raw
 
 
-def build(catalog: Catalog) -> tuple[list, list]:
+def build(catalog: Catalog) -> list:
     """The observed sources and the raw assets (each with its file_accounting check in its step)."""
-    return [a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))], []
+    return [a for s in catalog.sources for a in (build_source_observer(s, catalog), build_raw_asset(s, catalog))]

@@ -22,7 +22,7 @@ def _counts(context, warehouse: WarehouseResource, state: dict) -> dict[str, int
     """The source's rows recounted from the lake, once for both checks of a step."""
     if "accounting" not in state:
         with warehouse.connect(read_only=True) as con:
-            state["accounting"] = staging.accounting(con, context.assets_def.key.path[-1])
+            state["accounting"] = staging.accounting(con, state["key"].path[-1])
     return state["accounting"]
 
 
@@ -69,6 +69,6 @@ def build_staged_asset(src: Source) -> dg.AssetsDefinition:
     return _staged
 
 
-def build(catalog: Catalog) -> tuple[list, list]:
+def build(catalog: Catalog) -> list[dg.AssetsDefinition]:
     """The staged assets, each with its row_accounting and not_empty checks in its step."""
-    return [build_staged_asset(s) for s in catalog.sources], []
+    return [build_staged_asset(s) for s in catalog.sources]

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 
-from kalm_core import evaluation_sets, sql_models, warehouse  # noqa: E402
+from kalm_core import evaluation_sets, filtering, sql_models, warehouse  # noqa: E402
 from kalm_core.config import PROFILES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +200,8 @@ def million_part(args, tmp: Path) -> None:
     seconds, rss = measured(kalm("--select", f"{DATA} or group:batched"), env, log)
     print(f"(b) {args.million:,} pairs raw -> staged -> filtered (off) -> marts -> batched "
           f"({warehouse.MEMORY_ENV}={args.duckdb_memory}): {seconds:.1f}s, peak RSS {rss / GiB:.2f} GiB (goal <= 2 GiB)")
-    filter_cmd = [sys.executable, str(Path(__file__).resolve()), "--filter-child"]
+    filter_cmd = [sys.executable, str(Path(__file__).resolve()), "--pair-chunk", str(args.pair_chunk),
+                  "--filter-child"]
     rest = {}
     for i, n in enumerate((args.filter_pairs, args.filter_pairs // 4, args.filter_pairs // 2, args.filter_pairs)):
         seconds, rss = measured([*filter_cmd, str(n)], env, log)
@@ -246,9 +247,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1_000_000)
     ap.add_argument("--eval", type=int, default=50_000)
     ap.add_argument("--leaks", type=int, default=2_000)
+    ap.add_argument("--pair-chunk", type=int, default=filtering.PAIR_CHUNK,
+                    help="(b): pairs the filter ranks and mines at once; its memory grows with a source up to this")
     ap.add_argument("--filter-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.filter_child:
+        filtering.PAIR_CHUNK = args.pair_chunk
         return filter_child(args.filter_child)
     with tempfile.TemporaryDirectory() as tmp:
         if "a" in args.part:

@@ -26,9 +26,7 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     built = {"raw": [s.name for s in catalog.sources], "staged": [s.name for s in catalog.sources],
              "staged/held_out": [s.name for s in catalog.sources if s.held_out],
              "filtered": [s.name for s in catalog.sources if not s.held_out] + ["synthetic"]}
-    raw_assets, raw_checks = raw.build(catalog)
-    staged_assets, staged_checks = staged.build(catalog)
-    filtered_assets, filtered_checks = filtered.build(catalog)
+    raw_assets, staged_assets, filtered_assets = raw.build(catalog), staged.build(catalog), filtered.build(catalog)
     sql_assets, sql_checks = marts.build(built)
     batched_assets, batched_checks = batched.build(catalog)
     synthetic_assets, synthetic_checks = synthetic.build()
@@ -43,8 +41,7 @@ def build_defs(catalog_path: str | None = None, lake: str | None = None,
     layers = {a.group_names_by_key[k] for a in assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*raw_checks, *staged_checks, *synthetic_checks, *filtered_checks, *sql_checks, *batched_checks,
-                      *eval_checks],
+        asset_checks=[*synthetic_checks, *sql_checks, *batched_checks, *eval_checks],  # a source's: in its steps
         jobs=automation.jobs(layers),
         sensors=automation.sensors(catalog, raw.fingerprint,
                                    {evaluation_sets.SOURCE: lambda: evaluation_sets.fingerprint(settings)}),
