@@ -283,6 +283,7 @@ def _attached(spec: LakeSpec, at: int | None):
         if base is None or _WRITER_USES[key] >= WRITER_REUSE:
             for old in [k for k in _WRITERS if k[0] == key[0] and k[2:4] == key[2:4]]:  # this lake, made again
                 _WRITERS.pop(old).close()
+                _WRITER_USES.pop(old)
             base = new_connection()
             _writable(base, spec)
             _WRITERS[key], _WRITER_USES[key] = base, 0

@@ -62,6 +62,31 @@ def test_connect_creates_one_schema_per_layer_and_a_wal_catalogue(tmp_path, monk
     assert sqlite3.connect(spec.sqlite_file).execute("pragma journal_mode").fetchall() == [("wal",)]
 
 
+def test_writes_share_an_instance_renewed_every_few_writes_and_a_lake_made_again_is_attached_again(tmp_path,
+                                                                                                   monkeypatch):
+    monkeypatch.setattr(warehouse, "WRITER_REUSE", 2)
+    path = tmp_path / "lake"
+    for i in range(5):  # instances 1, 1, 2, 2, 3: each sees what the ones before committed
+        with warehouse.connect(path) as con:
+            warehouse.write(con, "raw", f"t{i}", pl.DataFrame({"i": list(range(i + 1))}))
+            assert con.execute("select count(*) from raw.t0").fetchall() == [(1,)]
+        with warehouse.connect(path, read_only=True) as con:
+            assert warehouse.count(con, "raw", f"t{i}") == i + 1
+    assert sum(k[2] == warehouse.lake_spec(path).catalog for k in warehouse._WRITERS) == 1
+    with warehouse.connect(path) as con:  # a temp table lives and dies with its connection, not the instance
+        con.execute("create temp table scratch as select 1 as x")
+    with warehouse.connect(path) as con:
+        assert con.execute("select count(*) from duckdb_tables() where table_name = 'scratch'").fetchall() == [(0,)]
+    import shutil
+
+    shutil.rmtree(path)  # the same folder, a new lake
+    with warehouse.connect(path) as con:
+        assert not warehouse.exists(con, "raw", "t0")
+        warehouse.write(con, "raw", "t0", pl.DataFrame({"i": [7]}))
+    with warehouse.connect(path, read_only=True) as con:
+        assert con.execute("select i from raw.t0").fetchall() == [(7,)]
+
+
 def test_read_only_on_a_missing_lake_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="kalm run"):
         with warehouse.connect(tmp_path / "none", read_only=True):
