@@ -31,8 +31,8 @@ def with_checks(key: dg.AssetKey, checks: dict[str, tuple[str, Check]], **spec):
     step per check cost ~0.09 s of Dagster's bookkeeping each, four per source (#23 item 5). A check selected
     alone (the UI, `AssetSelection.checks`) runs alone against the lake as it is. A check's third argument is the
     step's state: "key", the asset's; "meta", the build's metadata (None when the check runs alone); and what an
-    earlier check of the step left there for the next. The decorated function builds the asset: (context, warehouse, settings) ->
-    MaterializeResult."""
+    earlier check of the step left there for the next. The decorated function builds the asset:
+    (context, warehouse, settings) -> MaterializeResult."""
 
     def wrap(build: Callable[..., dg.MaterializeResult]) -> dg.AssetsDefinition:
         @dg.multi_asset(name="__".join(key.path), specs=[dg.AssetSpec(key, **spec)], can_subset=True,

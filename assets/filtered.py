@@ -63,7 +63,8 @@ def build_filtered_asset(src: Source) -> dg.AssetsDefinition:
                                 select * from read_parquet('{parts}/*.parquet')""")
                 meta = table_metadata(  # a row per staged pair: the table holds stats.pairs rows
                     con, "filtered", src.name, rows=stats.pairs, pairs=stats.pairs, kept=stats.kept,
-                    dropped=stats.dropped, kept_fraction=stats.kept / max(stats.pairs, 1), median_pos_rank=stats.median_pos_rank,
+                    dropped=stats.dropped, kept_fraction=stats.kept / max(stats.pairs, 1),
+                    median_pos_rank=stats.median_pos_rank,
                     corpus_size=stats.corpus_size, top_k=stats.window.top_k,
                     window=f"[{stats.window.lo}, {stats.window.hi})", window_shrunk=stats.window.shrunk,
                     rows_with_random_fill=stats.filled_rows, margin_dropped_candidates=stats.margin_dropped,
